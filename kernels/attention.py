@@ -1,0 +1,161 @@
+"""The plain-tensor API of our Triton FlashAttention: validation, mask conversion, dispatch to autograd."""
+import math
+from typing import Optional
+
+import torch
+
+from ..errors import AttentionRefused
+from .config import interpreting
+from .ops import Pattern, TritonAttention
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+_ALTERNATIVES = "sdpa_math (any device) or sdpa_fa2 (the CPU flash kernel, or FlashAttention-2 on CUDA)"
+
+
+def _refuse(why: str, what_next: str = ""):
+    raise AttentionRefused(f"triton_attention: {why}" + (f" {what_next}" if what_next else ""))
+
+
+def check_inputs(q, k, v, *, causal=False, key_padding_mask=None, position_ids=None, cu_seqlens=None,
+                 window=None, softcap=None, dropout_p=0.0):
+    """Raises AttentionRefused with the reason and a way forward if the kernel cannot take this input."""
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        _refuse("query, key and value must be 4-D tensors (batch, heads, seq, head_dim).")
+    if not (q.device == k.device == v.device):
+        _refuse(f"query, key and value are on different devices ({q.device}, {k.device}, {v.device}).",
+                "Move them to one device.")
+    if q.device.type == "cuda":
+        pass
+    elif q.device.type == "cpu" and interpreting():
+        pass
+    elif q.device.type == "cpu":
+        _refuse("runs on CUDA GPUs; on the CPU only under Triton's interpreter (TRITON_INTERPRET=1, for tests).",
+                f"On this device use {_ALTERNATIVES}.")
+    else:
+        _refuse(f"has no kernel for device type '{q.device.type}'.", f"Use {_ALTERNATIVES}.")
+    if not (q.dtype == k.dtype == v.dtype):
+        _refuse(f"query, key and value have different dtypes ({q.dtype}, {k.dtype}, {v.dtype}).",
+                "Cast them to one dtype.")
+    if q.dtype not in SUPPORTED_DTYPES:
+        _refuse(f"supports float16, bfloat16 and float32, not {q.dtype}.", "Use sdpa_math for float64.")
+    B, H, SQ, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+        _refuse(f"key {tuple(k.shape)} and value {tuple(v.shape)} must be (batch, kv_heads, kv_len, head_dim) "
+                f"matching query {tuple(q.shape)}.")
+    if D < 1 or D > MAX_HEAD_DIM:
+        _refuse(f"supports head sizes 1 to {MAX_HEAD_DIM}, not {D}.", "Use sdpa_math.")
+    HK = k.shape[1]
+    if HK == 0 or H % HK != 0:
+        _refuse(f"query heads ({H}) must be a multiple of key/value heads ({HK}).")
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (B, k.shape[2]) or key_padding_mask.dtype not in (torch.bool, torch.int64,
+                                                                                        torch.int32, torch.int8):
+            _refuse(f"key_padding_mask must be a 2-D (batch, kv_len) = {(B, k.shape[2])} bool tensor (True = attend), "
+                    f"got {tuple(key_padding_mask.shape)} {key_padding_mask.dtype}.",
+                    "A 4-D or float mask is not supported: use sdpa_math or eager.")
+        if key_padding_mask.device != q.device:
+            _refuse("key_padding_mask is on another device than the query.")
+    if window is not None:
+        if not causal:
+            _refuse("a sliding window is supported with causal attention only.", "Use sdpa_math or eager.")
+        if int(window) < 1:
+            _refuse(f"window must be a positive number of keys, got {window}.")
+    if softcap is not None and not softcap > 0:
+        _refuse(f"softcap must be positive, got {softcap}.")
+    if not 0.0 <= dropout_p < 1.0:
+        _refuse(f"dropout_p must be in [0, 1), got {dropout_p}.")
+    if dropout_p > 0 and SQ * k.shape[2] >= 2 ** 31:
+        _refuse("dropout needs q_len * kv_len < 2**31 (its random counter is 32-bit).")
+    if position_ids is not None or cu_seqlens is not None:
+        if position_ids is not None and cu_seqlens is not None:
+            _refuse("give either position_ids or cu_seqlens for packed sequences, not both.")
+        if not causal or SQ != k.shape[2]:
+            _refuse("packed sequences need causal attention with q_len == kv_len.")
+        if cu_seqlens is not None and B != 1:
+            _refuse("cu_seqlens describes one packed row: batch must be 1.")
+        if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[1] != SQ
+                                         or position_ids.shape[0] not in (1, B)):
+            _refuse(f"position_ids must be (batch or 1, q_len), got {tuple(position_ids.shape)}.")
+
+
+def _key_range(mask: torch.Tensor):
+    """Per row: the first and one-past-last attended key, and whether the attended keys have gaps. No host sync."""
+    m = mask.to(torch.bool)
+    skv = m.shape[1]
+    idx = torch.arange(skv, device=m.device, dtype=torch.int32)
+    lo = torch.where(m, idx, skv).amin(1)
+    hi = torch.where(m, idx + 1, 0).amax(1)
+    holes = m.sum(1, dtype=torch.int32) != (hi - lo).clamp_min(0)
+    lo = torch.minimum(lo, hi)  # a row with no key at all: the empty range [0, 0)
+    return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous(), holes.to(torch.int8).contiguous()
+
+
+def _doc_starts(new_doc: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool marking each document's first token -> (B, S) int32 index of each token's document start."""
+    idx = torch.arange(new_doc.shape[1], device=new_doc.device).expand_as(new_doc)
+    return torch.where(new_doc, idx, 0).cummax(1).values.to(torch.int32).contiguous()
+
+
+def doc_starts_from_position_ids(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """A document starts wherever the position does not follow the previous one (Transformers' packing rule)."""
+    pos = position_ids.expand(batch, -1)
+    step = torch.ones_like(pos[:, :1], dtype=torch.bool)
+    return _doc_starts(torch.cat([step, (pos[:, 1:] - pos[:, :-1]) != 1], 1))
+
+
+def doc_starts_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    new_doc = torch.zeros(1, total, dtype=torch.bool, device=cu_seqlens.device)
+    starts = cu_seqlens[:-1].long()
+    new_doc[0, starts[starts < total]] = True
+    new_doc[0, 0] = True
+    return _doc_starts(new_doc)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+              scale: Optional[float] = None, key_padding_mask: Optional[torch.Tensor] = None,
+              position_ids: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
+              window: Optional[int] = None, softcap: Optional[float] = None, dropout_p: float = 0.0,
+              seed: Optional[int] = None) -> torch.Tensor:
+    """Scaled dot-product attention with FlashAttention's memory use, forward and backward.
+
+    q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, kv_len, head_dim), heads a multiple of kv_heads
+    (GQA/MQA, read in place). Any strides with a contiguous head dim; the result is a (batch, heads, q_len,
+    head_dim) view of a (batch, q_len, heads, head_dim) buffer.
+
+    causal: row i sees keys j <= i + kv_len - q_len (bottom-right aligned: decode and chunked prefill).
+    key_padding_mask: (batch, kv_len), True = attend. A row that sees no key returns zeros.
+    position_ids / cu_seqlens: packed documents (causal, q_len == kv_len); attention never crosses a document.
+    window: keys within `window` positions of the diagonal (Mistral / Gemma / Qwen2 sliding window).
+    softcap: scores become softcap * tanh(scores / softcap) (Gemma2). scale defaults to head_dim ** -0.5.
+    dropout_p, seed: dropout on the probabilities; the same seed gives the same pattern (see dropout_keep_mask).
+    """
+    check_inputs(q, k, v, causal=causal, key_padding_mask=key_padding_mask, position_ids=position_ids,
+                 cu_seqlens=cu_seqlens, window=window, softcap=softcap, dropout_p=dropout_p)
+    B, H, SQ, D = q.shape
+    SKV = k.shape[2]
+    if q.numel() == 0:
+        return q.clone()
+    if SKV == 0:
+        return torch.zeros_like(q)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if key_padding_mask is not None:
+        kv_lo, kv_hi, holes = _key_range(key_padding_mask)
+        key_keep = key_padding_mask.to(torch.int8).contiguous()
+    else:
+        kv_lo = torch.zeros(B, dtype=torch.int32, device=q.device)
+        kv_hi = torch.full((B,), SKV, dtype=torch.int32, device=q.device)
+        holes = key_keep = None
+    doc_start = None
+    if position_ids is not None:
+        doc_start = doc_starts_from_position_ids(position_ids.to(q.device), B)
+    elif cu_seqlens is not None:
+        doc_start = doc_starts_from_cu_seqlens(cu_seqlens.to(q.device), SQ)
+    if dropout_p > 0 and seed is None:
+        seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+    pattern = Pattern(kv_lo=kv_lo, kv_hi=kv_hi, key_keep=key_keep, holes=holes, doc_start=doc_start,
+                      causal=bool(causal), window=None if window is None else int(window),
+                      softcap=None if softcap is None else float(softcap),
+                      scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
+                      dropout_p=float(dropout_p), seed=int(seed or 0))
+    return TritonAttention.apply(q, k, v, pattern)

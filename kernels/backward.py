@@ -1,0 +1,246 @@
+"""The backward pass, in three kernels and without atomics (so gradients are bitwise reproducible):
+
+1. ``delta_kernel``: Delta = rowsum(dO * O) per query row.
+2. ``attention_bwd_dkdv_kernel``: one program per (key block, batch * key/value head); it loops over the
+   query heads of its GQA group and their query blocks, so dK and dV of a shared head are summed in
+   registers, never by repeating K/V.
+3. ``attention_bwd_dq_kernel``: one program per (query block, batch * query head), walking keys like
+   the forward pass.
+
+Both recompute P = exp2(S - LSE) from the forward's log-sum-exp. With dropout, dS = P * (dP * Z - Delta)
+where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is further multiplied by
+1 - tanh^2 of the uncapped score.
+"""
+import triton
+import triton.language as tl
+
+from .tiles import dropout_keep, key_bounds, logits, query_bounds, split_phases, tile_mask
+
+
+@triton.jit
+def delta_kernel(O, DO, Delta, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
+                 H, SQ, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ld = (offs_m[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
+                + offs_d[None, :], mask=ld, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :], mask=ld, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + bh.to(tl.int64) * SQ + offs_m, delta, mask=offs_m < SQ)
+
+
+@triton.jit
+def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, offs_n, offs_d,
+                 m_begin, m_end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
+                 qk_scale, sm_scale, softcap, dropout_p, seed,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
+                 SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulates dK, dV of one key block over query rows [m_begin, m_end); tiles are (keys, rows)."""
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_m in range(m_begin, m_end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :]
+        do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :]
+        if MASKED:
+            row_ok = offs_m < SQ
+            q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok, other=0.0)
+            do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok, other=0.0)
+            lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
+            delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        else:
+            if BLOCK_D == HEAD_DIM:
+                q = tl.load(q_ptrs)
+                do = tl.load(do_ptrs)
+            else:
+                q = tl.load(q_ptrs, mask=d_ok, other=0.0)
+                do = tl.load(do_ptrs, mask=d_ok, other=0.0)
+            lse = tl.load(lse_base + offs_m)
+            delta = tl.load(delta_base + offs_m)
+        s_t, tanh_t = logits(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
+                             SOFTCAP)
+        if MASKED:
+            doc = 0
+            if HAS_DOC:
+                doc = tl.load(doc_base + offs_m, mask=offs_m < SQ, other=0)[None, :]
+            keep = tile_mask(offs_m[None, :], offs_n[:, None], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc,
+                             CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+            s_t = tl.where(keep, s_t, float("-inf"))
+        p_t = tl.math.exp2(s_t - lse[None, :])
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        if DROPOUT:
+            kept = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], SKV, dropout_p)
+            scale_keep = 1.0 / (1.0 - dropout_p)
+            dv = tl.dot(tl.where(kept, p_t * scale_keep, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dp_t = tl.where(kept, dp_t * scale_keep, 0.0)
+        else:
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        if SOFTCAP:
+            ds_t = ds_t * (1.0 - tanh_t * tanh_t)
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def attention_bwd_dkdv_kernel(
+        Q, K, V, DO, DK, DV, Lse, Delta, KvLo, KvHi, Holes, KeyKeep, DocStart,
+        qk_scale, sm_scale, softcap, window, dropout_p, seed,
+        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+        stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+        stride_keep_b, stride_doc_b,
+        H, GROUP, SQ, SKV,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
+        SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bhk = tl.program_id(1)
+    HK = H // GROUP
+    b = bhk // HK
+    hk = bhk % HK
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    ld = (offs_n[:, None] < SKV) & (offs_d[None, :] < HEAD_DIM)
+    k = tl.load(K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn
+                + offs_d[None, :], mask=ld, other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn
+                + offs_d[None, :], mask=ld, other=0.0)
+    key_keep = 0
+    if HAS_HOLES:
+        key_keep = tl.load(KeyKeep + b.to(tl.int64) * stride_keep_b + offs_n, mask=offs_n < SKV, other=0)[:, None]
+    kv_lo = tl.load(KvLo + b)
+    kv_hi = tl.load(KvHi + b)
+    lo, hi, full_lo, full_hi = query_bounds(b, start_n, SQ, SKV, KvLo, KvHi, Holes, window,
+                                            BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+    m_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_M)
+    doc_base = DocStart + b * stride_doc_b
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        bh = b * H + h
+        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        lse_base = Lse + bh.to(tl.int64) * SQ
+        delta_base = Delta + bh.to(tl.int64) * SQ
+        for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
+            if phase == 0:
+                begin, end = m_start, mid_lo
+            elif phase == 1:
+                begin, end = mid_lo, mid_hi
+            else:
+                begin, end = mid_hi, hi
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                                  offs_n, offs_d, begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
+                                  qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M,
+                                  phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
+                                  DOT_PRECISION)
+
+    st = ld
+    tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn
+             + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=st)
+    tl.store(DV + b.to(tl.int64) * stride_dvb + hk.to(tl.int64) * stride_dvh + offs_n[:, None] * stride_dvn
+             + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=st)
+
+
+@triton.jit
+def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n_begin, n_end,
+               bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+               qk_scale, sm_scale, softcap, dropout_p, seed,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
+               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulates dQ of one query block over keys [n_begin, n_end); tiles are (rows, keys)."""
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_n in range(n_begin, n_end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+        if MASKED:
+            ld = (offs_n[:, None] < SKV) & d_ok
+            k = tl.load(k_ptrs, mask=ld, other=0.0)
+            v = tl.load(v_ptrs, mask=ld, other=0.0)
+        elif BLOCK_D == HEAD_DIM:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=d_ok, other=0.0)
+            v = tl.load(v_ptrs, mask=d_ok, other=0.0)
+        s, tanh_s = logits(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
+                           SOFTCAP)
+        if MASKED:
+            key_keep = 0
+            if HAS_HOLES:
+                key_keep = tl.load(keep_base + offs_n, mask=offs_n < SKV, other=0)[None, :]
+            keep = tile_mask(offs_m[:, None], offs_n[None, :], SQ, SKV, kv_lo, kv_hi, window, key_keep,
+                             doc_rows[:, None], CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+            s = tl.where(keep, s, float("-inf"))
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if DROPOUT:
+            kept = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], SKV, dropout_p)
+            dp = tl.where(kept, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - tanh_s * tanh_s)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def attention_bwd_dq_kernel(
+        Q, K, V, DO, DQ, Lse, Delta, KvLo, KvHi, Holes, KeyKeep, DocStart,
+        qk_scale, sm_scale, softcap, window, dropout_p, seed,
+        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+        stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm, stride_keep_b, stride_doc_b,
+        H, GROUP, SQ, SKV,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
+        SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < SQ
+    ld = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
+                + offs_d[None, :], mask=ld, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :], mask=ld, other=0.0)
+    lse = tl.load(Lse + bh.to(tl.int64) * SQ + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(Delta + bh.to(tl.int64) * SQ + offs_m, mask=row_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
+    doc_rows = tl.zeros([BLOCK_M], tl.int32)
+    if HAS_DOC:
+        doc_rows = tl.load(DocStart + b * stride_doc_b + offs_m, mask=row_ok, other=0)
+    lo, hi, full_lo, full_hi = key_bounds(b, start_m, SQ, SKV, KvLo, KvHi, Holes, DocStart, stride_doc_b, window,
+                                          BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+    n_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_N)
+    kv_lo = tl.load(KvLo + b)
+    kv_hi = tl.load(KvHi + b)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
+        if phase == 0:
+            begin, end = n_start, mid_lo
+        elif phase == 1:
+            begin, end = mid_lo, mid_hi
+        else:
+            begin, end = mid_hi, hi
+        dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, begin, end,
+                        bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, qk_scale, sm_scale, softcap,
+                        dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES,
+                        HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION)
+    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
+             + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=ld)

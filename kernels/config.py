@@ -1,0 +1,61 @@
+"""Block sizes, warps and pipeline depth per pass, chosen from the head size and dtype.
+
+A fixed table (no autotuning) so that the first call of a new shape compiles once and never stalls a
+training run on a search. Under Triton's CPU interpreter the smallest blocks keep tests fast.
+"""
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def head_block(head_dim: int) -> int:
+    """The head size padded (inside the kernel, with masked loads) to a power of two of at least 16."""
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
+def forward_config(block_d: int, fp32: bool) -> LaunchConfig:
+    if interpreting():
+        return LaunchConfig(16, 16, 1, 1)
+    if fp32:
+        return LaunchConfig(64, 32, 4, 2) if block_d <= 128 else LaunchConfig(32, 32, 4, 1)
+    if block_d <= 64:
+        return LaunchConfig(128, 64, 4, 3)
+    if block_d <= 128:
+        return LaunchConfig(128, 64, 8, 3)
+    return LaunchConfig(64, 32, 4, 2)
+
+
+def dkdv_config(block_d: int, fp32: bool) -> LaunchConfig:
+    """block_n is the key block a program owns, block_m the query blocks it streams."""
+    if interpreting():
+        return LaunchConfig(16, 16, 1, 1)
+    if fp32:
+        return LaunchConfig(32, 32, 4, 1) if block_d <= 128 else LaunchConfig(16, 32, 4, 1)
+    if block_d <= 64:
+        return LaunchConfig(64, 128, 8, 3)
+    if block_d <= 128:
+        return LaunchConfig(32, 128, 8, 3)
+    return LaunchConfig(32, 32, 8, 2)
+
+
+def dq_config(block_d: int, fp32: bool) -> LaunchConfig:
+    if interpreting():
+        return LaunchConfig(16, 16, 1, 1)
+    if fp32:
+        return LaunchConfig(32, 32, 4, 1) if block_d <= 128 else LaunchConfig(32, 16, 4, 1)
+    if block_d <= 64:
+        return LaunchConfig(128, 64, 8, 3)
+    if block_d <= 128:
+        return LaunchConfig(128, 32, 8, 3)
+    return LaunchConfig(64, 32, 8, 2)

@@ -1,0 +1,123 @@
+"""Launchers for the Triton kernels and the autograd Function that ties the passes together."""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+
+from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, delta_kernel
+from .config import dkdv_config, dq_config, forward_config, head_block
+from .forward import attention_fwd_kernel
+from .tiles import LOG2E, dropout_mask_kernel
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Which (row, key) pairs attend, as small per-batch tensors on the inputs' device, and the score transform.
+
+    kv_lo/kv_hi (B,) int32: the keys [lo, hi) a padding mask leaves (all keys without one);
+    key_keep (B, SKV) int8 and holes (B,) int8: the padding mask itself, for masks with gaps;
+    doc_start (B, SQ) int32: first key of each row's document (packed sequences).
+    """
+    kv_lo: torch.Tensor
+    kv_hi: torch.Tensor
+    key_keep: Optional[torch.Tensor]
+    holes: Optional[torch.Tensor]
+    doc_start: Optional[torch.Tensor]
+    causal: bool
+    window: Optional[int]
+    softcap: Optional[float]
+    scale: float
+    dropout_p: float
+    seed: int
+
+
+def _pattern_args(p: Pattern, dtype: torch.dtype):
+    """Tensor arguments (unused ones point at kv_lo and are never read), scalars and flags shared by all passes."""
+    dummy = p.kv_lo
+    tensors = (p.kv_lo, p.kv_hi, dummy if p.holes is None else p.holes,
+               dummy if p.key_keep is None else p.key_keep, dummy if p.doc_start is None else p.doc_start)
+    scalars = (p.scale * LOG2E, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
+    fp32_exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    flags = dict(CAUSAL=p.causal, HAS_WINDOW=p.window is not None, HAS_HOLES=p.key_keep is not None,
+                 HAS_DOC=p.doc_start is not None, SOFTCAP=p.softcap is not None, DROPOUT=p.dropout_p > 0,
+                 DOT_PRECISION="ieee" if fp32_exact else "tf32")
+    strides = (0 if p.key_keep is None else p.key_keep.stride(0), 0 if p.doc_start is None else p.doc_start.stride(0))
+    return tensors, scalars, strides, flags
+
+
+def run_forward(q, k, v, p: Pattern):
+    """q (B, H, SQ, D), k/v (B, HK, SKV, D) with unit stride on D. Returns out (B, H, SQ, D) and lse (B, H, SQ)."""
+    B, H, SQ, D = q.shape
+    SKV = k.shape[2]
+    out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
+    block_d = head_block(D)
+    cfg = forward_config(block_d, q.dtype == torch.float32)
+    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q.dtype)
+    grid = (triton.cdiv(SQ, cfg.block_m), B * H)
+    attention_fwd_kernel[grid](
+        q, k, v, out, lse, *tensors, *scalars,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
+        H, H // k.shape[1], SQ, SKV,
+        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, lse
+
+
+def run_backward(q, k, v, out, lse, do, p: Pattern):
+    B, H, SQ, D = q.shape
+    HK, SKV = k.shape[1], k.shape[2]
+    block_d = head_block(D)
+    fp32 = q.dtype == torch.float32
+    delta = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
+    rows = 64 if block_d <= 128 else 32
+    delta_kernel[(triton.cdiv(SQ, rows), B * H)](
+        out, do, delta, out.stride(0), out.stride(1), out.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows)
+
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q.dtype)
+    common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+              v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
+    cfg = dkdv_config(block_d, fp32)
+    attention_bwd_dkdv_kernel[(triton.cdiv(SKV, cfg.block_n), B * HK)](
+        q, k, v, do, dk, dv, lse, delta, *tensors, *scalars, *common,
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
+        H, H // HK, SQ, SKV,
+        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    cfg = dq_config(block_d, fp32)
+    attention_bwd_dq_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
+        q, k, v, do, dq, lse, delta, *tensors, *scalars, *common,
+        dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
+        H, H // HK, SQ, SKV,
+        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dq, dk, dv
+
+
+class TritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, pattern: Pattern):
+        out, lse = run_forward(q, k, v, pattern)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.pattern = pattern
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse = ctx.saved_tensors
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        dq, dk, dv = run_backward(q, k, v, out, lse, do, ctx.pattern)
+        return dq, dk, dv, None
+
+
+def dropout_keep_mask(seed: int, batch: int, heads: int, q_len: int, kv_len: int, dropout_p: float, device):
+    """The (B, H, SQ, SKV) bool pattern of kept probabilities that attention() uses for this seed."""
+    out = torch.empty(batch * heads, q_len, kv_len, dtype=torch.uint8, device=device)
+    grid = (triton.cdiv(q_len, 16), triton.cdiv(kv_len, 16), batch * heads)
+    dropout_mask_kernel[grid](out, seed, q_len, kv_len, dropout_p, BLOCK_M=16, BLOCK_N=16)
+    return out.view(batch, heads, q_len, kv_len).bool()

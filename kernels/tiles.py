@@ -1,0 +1,126 @@
+"""Triton helpers shared by the forward and backward kernels.
+
+Every pass walks a range of blocks along one sequence axis. The blocks split into three phases:
+edge blocks that need the element-wise mask, then whole blocks that every row (or column) of the
+tile may attend without any mask, then edge blocks again. Only the edge blocks pay for the mask.
+
+Index conventions: query row ``i`` (0 <= i < SQ) and key ``j`` (0 <= j < SKV). Causal attention is
+aligned to the bottom right: row ``i`` sits on the diagonal ``i + SKV - SQ``, so a decode step
+(SQ == 1) sees the whole cache. A window of ``W`` keeps keys with ``diag - W < j <= diag``.
+Scores are kept in the log2 domain (``exp2``) with the softmax scale folded in.
+"""
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def split_phases(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
+    """Blocks in [start, mid_lo) and [mid_hi, hi) need the mask; [mid_lo, mid_hi) are whole and unmasked."""
+    start = (lo // BLOCK) * BLOCK
+    mid_lo = tl.cdiv(full_lo, BLOCK) * BLOCK
+    mid_hi = (full_hi // BLOCK) * BLOCK
+    empty = mid_hi <= mid_lo
+    mid_lo = tl.where(empty, hi, mid_lo)
+    mid_hi = tl.where(empty, hi, mid_hi)
+    return start, mid_lo, mid_hi
+
+
+@triton.jit
+def key_bounds(b, start_m, SQ, SKV, KvLo, KvHi, Holes, DocStart, stride_doc_b, window,
+               BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
+    """Keys [lo, hi) that some row of the query block may see, and [full_lo, full_hi) that every row sees."""
+    offset = SKV - SQ
+    last_m = tl.minimum(start_m + BLOCK_M, SQ) - 1
+    lo = tl.load(KvLo + b)
+    hi = tl.load(KvHi + b)
+    full_lo = lo
+    full_hi = hi
+    if CAUSAL:
+        hi = tl.minimum(hi, last_m + offset + 1)
+        full_hi = tl.minimum(full_hi, start_m + offset + 1)
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, start_m + offset - window + 1)
+        full_lo = tl.maximum(full_lo, last_m + offset - window + 1)
+    if HAS_DOC:
+        lo = tl.maximum(lo, tl.load(DocStart + b * stride_doc_b + start_m))
+        full_lo = tl.maximum(full_lo, tl.load(DocStart + b * stride_doc_b + last_m))
+    if HAS_HOLES:
+        full_lo = tl.where(tl.load(Holes + b) != 0, hi, full_lo)
+    return tl.maximum(lo, 0), hi, full_lo, full_hi
+
+
+@triton.jit
+def query_bounds(b, start_n, SQ, SKV, KvLo, KvHi, Holes, window,
+                 BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
+    """Rows [lo, hi) that may see some key of the key block, and [full_lo, full_hi) that see all of it."""
+    offset = SKV - SQ
+    last_n = tl.minimum(start_n + BLOCK_N, SKV) - 1
+    kv_lo = tl.load(KvLo + b)
+    kv_hi = tl.load(KvHi + b)
+    lo = 0
+    hi = SQ
+    full_lo = 0
+    full_hi = SQ
+    if CAUSAL:
+        lo = tl.maximum(lo, start_n - offset)
+        full_lo = tl.maximum(full_lo, last_n - offset)
+    if HAS_WINDOW:
+        hi = tl.minimum(hi, last_n - offset + window)
+        full_hi = tl.minimum(full_hi, start_n - offset + window)
+    outside = (start_n >= kv_hi) | (last_n < kv_lo)
+    hi = tl.where(outside, lo, hi)
+    partial = (start_n < kv_lo) | (start_n + BLOCK_N > kv_hi)
+    if HAS_HOLES:
+        partial = partial | (tl.load(Holes + b) != 0)
+    full_lo = tl.where(partial, hi, full_lo)
+    if HAS_DOC:  # rows of a later document skip this block; no row range is known to see all of it
+        full_lo = hi
+    return tl.maximum(lo, 0), hi, full_lo, full_hi
+
+
+@triton.jit
+def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
+    """True where row q_idx may attend key k_idx; the caller shapes the indices (M, 1)/(1, N) or transposed."""
+    keep = (k_idx >= kv_lo) & (k_idx < kv_hi) & (q_idx < SQ)
+    rel = k_idx - (q_idx + (SKV - SQ))
+    if CAUSAL:
+        keep = keep & (rel <= 0)
+    if HAS_WINDOW:
+        keep = keep & (rel > -window)
+    if HAS_HOLES:
+        keep = keep & (key_keep != 0)
+    if HAS_DOC:
+        keep = keep & (k_idx >= doc_start)
+    return keep
+
+
+@triton.jit
+def logits(qk, qk_scale, sm_scale, softcap, SOFTCAP: tl.constexpr):
+    """Scores in the log2 domain, and tanh(s / softcap) for the softcap derivative (0 without softcap)."""
+    if SOFTCAP:
+        t = 2.0 * tl.sigmoid(2.0 * (qk * sm_scale) / softcap) - 1.0
+        return (softcap * LOG2E) * t, t
+    else:
+        return qk * qk_scale, 0.0
+
+
+@triton.jit
+def dropout_keep(seed, bh, q_idx, k_idx, SKV, dropout_p):
+    """The same keep pattern in every pass: Philox keyed by (seed, batch*head), counter row*SKV+key."""
+    return tl.rand(seed + bh, q_idx * SKV + k_idx) >= dropout_p
+
+
+@triton.jit
+def dropout_mask_kernel(Out, seed, SQ, SKV, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Writes the keep pattern (1 = kept) of one (batch*head) as uint8, for tests and debugging."""
+    bh = tl.program_id(2)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], SKV, dropout_p)
+    ptrs = Out + bh.to(tl.int64) * SQ * SKV + offs_m[:, None] * SKV + offs_n[None, :]
+    tl.store(ptrs, keep.to(tl.uint8), mask=(offs_m[:, None] < SQ) & (offs_n[None, :] < SKV))

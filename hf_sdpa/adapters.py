@@ -1,0 +1,83 @@
+"""The functions Transformers calls: fn(module, query, key, value, attention_mask, dropout, scaling, **kwargs).
+
+They map what a model hands over (see shared notes on Transformers' attention contract) onto a pinned torch
+backend or our Triton kernel, and return (out of shape (B, Sq, Hq, D), None).
+"""
+from transformers.masking_utils import flash_attention_mask
+
+from . import pinned
+from .errors import AttentionRefused
+from .implementations import IMPLEMENTATIONS, refusal
+from .inputs import AttentionInput
+from .kernels import attention
+
+# What neither kind of implementation computes; each is refused rather than silently ignored.
+_REFUSED_KWARGS = {
+    "position_bias": "an additive position bias (T5-style); use eager or sdpa",
+    "s_aux": "attention sinks (gpt-oss); use eager",
+}
+
+
+def _refuse_kwargs(name, kwargs, extra=None):
+    refused = dict(_REFUSED_KWARGS, **(extra or {}))
+    for key, why in refused.items():
+        if kwargs.get(key) is not None:
+            raise AttentionRefused(f"{name} does not support {why}.")
+
+
+def pinned_attention_function(name: str):
+    backend = IMPLEMENTATIONS[name].backend
+
+    def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+        _refuse_kwargs(name, kwargs, {"softcap": "logit softcapping (torch SDPA has none); use triton_attention"})
+        causal, key, value = pinned.transformers_causal_flag(module, query, key, value, attention_mask, is_causal)
+
+        def refuse(reasons):
+            inp = AttentionInput(query, key, value, causal=causal, dropout=dropout, scale=scaling,
+                                 dense_mask=attention_mask)
+            raise refusal(name, inp, reasons)
+
+        out = pinned.run(backend, query, key, value, attention_mask, dropout, causal, scaling, refuse)
+        return out.transpose(1, 2).contiguous(), None
+
+    forward.__name__ = f"{name}_attention_forward"
+    forward.__doc__ = f"Transformers attention function running only {backend.name}, or refusing."
+    return forward
+
+
+def triton_attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
+    """The 2-D key padding mask (or None), like flash_attention_mask; refuses a static cache's empty slots."""
+    if isinstance(q_offset, int) and isinstance(kv_offset, int) and kv_offset + kv_length > q_offset + q_length:
+        raise AttentionRefused(
+            "triton_attention aligns causal attention to the last key, so it cannot run a static cache with empty "
+            "slots. Use the default dynamic cache (generate(..., cache_implementation='dynamic')).")
+    return flash_attention_mask(batch_size, q_length, kv_length, q_offset, kv_offset,
+                                attention_mask=attention_mask, **kwargs)
+
+
+def triton_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                             sliding_window=None, softcap=None, position_ids=None, cu_seq_lens_q=None,
+                             cu_seq_lens_k=None, **kwargs):
+    """Transformers attention function for our Triton kernel: padding as a key range, packing from position ids."""
+    _refuse_kwargs("triton_attention", kwargs)
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise AttentionRefused(
+            f"triton_attention takes a 2-D key padding mask, not a {attention_mask.dim()}-D mask (a model that "
+            "builds its own 4-D mask, or triton_attention registered without its mask function). "
+            "Use sdpa_math or eager for this model.")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    packed = dict()
+    if attention_mask is None and causal and q_len == kv_len and q_len > 1:
+        if cu_seq_lens_q is not None:
+            if cu_seq_lens_k is not None and not (cu_seq_lens_k is cu_seq_lens_q or
+                                                  cu_seq_lens_k.equal(cu_seq_lens_q)):
+                raise AttentionRefused("triton_attention needs cu_seq_lens_q == cu_seq_lens_k for packed rows.")
+            packed["cu_seqlens"] = cu_seq_lens_q
+        elif position_ids is not None:
+            packed["position_ids"] = position_ids
+    if sliding_window is not None and not causal:
+        raise AttentionRefused("triton_attention supports sliding windows on causal layers only. Use sdpa_math.")
+    out = attention(query, key, value, causal=causal, scale=scaling, key_padding_mask=attention_mask,
+                    window=sliding_window, softcap=softcap, dropout_p=dropout, **packed)
+    return out.transpose(1, 2), None

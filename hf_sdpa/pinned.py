@@ -1,0 +1,93 @@
+"""Torch's SDPA backends, each pinned: run exactly one backend or refuse with torch's own reasons.
+
+torch.nn.attention.sdpa_kernel flips process-global switches, so every pinned call holds one lock
+while it sets the switches, asks torch's dispatcher which backend it would take
+(torch._fused_sdp_choice, the function scaled_dot_product_attention itself consults), and launches.
+The backward pass needs no lock: autograd replays the backward op of the backend the forward ran.
+"""
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+_LOCK = threading.RLock()
+
+CUDA_ONLY = {SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION}
+
+
+@dataclass
+class Dispatch:
+    """Whether a backend takes an input, how (GQA in place or K/V repeated), and torch's reasons if not."""
+    ok: bool
+    enable_gqa: bool = False
+    repeat_kv: int = 1
+    reasons: List[str] = field(default_factory=list)
+
+
+def _ask_torch(backend, q, k, v, mask, dropout, is_causal, scale, enable_gqa):
+    """(taken, reasons) from torch's dispatcher with only `backend` switched on. Call with _LOCK held."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        error = None
+        with sdpa_kernel([backend]):
+            try:
+                taken = torch._fused_sdp_choice(q, k, v, mask, dropout, is_causal, scale=scale,
+                                                enable_gqa=enable_gqa) == backend.value
+            except RuntimeError as exc:
+                taken, error = False, str(exc).split("\n")[0]
+    reasons = [str(w.message).split(" (Triggered internally")[0].strip() for w in caught]
+    reasons = [r for r in reasons if r and not r.endswith("kernel not used because:")]
+    if not taken and not reasons and error:
+        reasons = [error]
+    return taken, reasons
+
+
+def repeat_heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n, s, d).reshape(b, h * n, s, d)
+
+
+def choose(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
+    """How `backend` can run this input: GQA in place first, else with repeated K/V, else refused."""
+    if backend in CUDA_ONLY and q.device.type != "cuda":
+        return Dispatch(False, reasons=[f"{backend.name} has kernels for CUDA devices only; this input is on "
+                                        f"{q.device.type}."])
+    n_rep = q.shape[1] // k.shape[1] if k.shape[1] else 1
+    with _LOCK:
+        taken, reasons = _ask_torch(backend, q, k, v, mask, dropout, is_causal, scale, n_rep > 1)
+        if taken:
+            return Dispatch(True, enable_gqa=n_rep > 1)
+        if n_rep > 1:
+            taken_rep, reasons_rep = _ask_torch(backend, q, repeat_heads(k, n_rep), repeat_heads(v, n_rep), mask,
+                                                dropout, is_causal, scale, False)
+            if taken_rep:
+                return Dispatch(True, repeat_kv=n_rep)
+            reasons = reasons + [r for r in reasons_rep if r not in reasons]
+    return Dispatch(False, reasons=reasons or ["torch gave no reason"])
+
+
+def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tensor:
+    """Runs `backend` or calls refuse(reasons) (which raises). Returns (B, H, Sq, D)."""
+    with _LOCK:
+        how = choose(backend, q, k, v, mask, dropout, is_causal, scale)
+        if not how.ok:
+            refuse(how.reasons)
+        if how.repeat_kv > 1:
+            k, v = repeat_heads(k, how.repeat_kv), repeat_heads(v, how.repeat_kv)
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                                  scale=scale, enable_gqa=how.enable_gqa)
+
+
+def transformers_causal_flag(module, query, key, value, attention_mask, is_causal: Optional[bool]):
+    """Transformers' own rule for SDPA's top-left `is_causal`, with the static-cache crop it implies."""
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = bool(q_len > 1 and attention_mask is None and causal)
+    if causal and kv_len > q_len:  # prefill into an empty static cache: the keys past q_len are unused
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    return causal, key, value

@@ -39,6 +39,26 @@ class Implementation:
         return pinned.choose(self.backend, inp.query, inp.key, inp.value, mask, inp.dropout, is_causal,
                              inp.scale).reasons
 
+    def run(self, inp: AttentionInput):
+        """Attention over `inp`, (B, Hq, Sq, D), or AttentionRefused."""
+        if self.backend is None:
+            from .kernels import attention
+            try:
+                return attention(inp.query, inp.key, inp.value, causal=inp.causal, scale=inp.scale,
+                                 key_padding_mask=inp.padding, window=inp.window, softcap=inp.softcap,
+                                 dropout_p=inp.dropout)
+            except AttentionRefused as exc:
+                raise refusal(self.name, inp, [str(exc).removeprefix(f"{self.name}: ")]) from None
+        if inp.softcap is not None:
+            raise refusal(self.name, inp, self.reasons(inp))
+
+        def refuse(reasons):
+            raise refusal(self.name, inp, reasons)
+
+        mask, is_causal = inp.sdpa_form()
+        return pinned.run(self.backend, inp.query, inp.key, inp.value, mask, inp.dropout, is_causal, inp.scale,
+                          refuse)
+
 
 def _sdpa(name, backend, runs, devices, dtypes, head_sizes, masks, gqa, dropout):
     return Implementation(name=name, runs=runs, backend=backend, devices=devices, dtypes=dtypes,

@@ -19,8 +19,8 @@ LOG2E = 1.4426950408889634
 def split_phases(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
     """Blocks in [start, mid_lo) and [mid_hi, hi) need the mask; [mid_lo, mid_hi) are whole and unmasked."""
     start = (lo // BLOCK) * BLOCK
-    mid_lo = tl.cdiv(full_lo, BLOCK) * BLOCK
-    mid_hi = (full_hi // BLOCK) * BLOCK
+    mid_lo = tl.cdiv(tl.maximum(full_lo, lo), BLOCK) * BLOCK
+    mid_hi = (tl.minimum(full_hi, hi) // BLOCK) * BLOCK
     empty = mid_hi <= mid_lo
     mid_lo = tl.where(empty, hi, mid_lo)
     mid_hi = tl.where(empty, hi, mid_hi)

@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+
+HAS_GPU = torch.cuda.is_available()
+if not HAS_GPU:  # Triton kernels run through the interpreter on the CPU; must be set before they are defined
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import hf_sdpa  # noqa: E402,F401  registers the names
+
+DEVICE = "cuda" if HAS_GPU else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_GPU:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed():
+    torch.manual_seed(torch.initial_seed() % (2 ** 31) + 1)

@@ -3,7 +3,8 @@
 They map what a model hands over (see shared notes on Transformers' attention contract) onto a pinned torch
 backend or our Triton kernel, and return (out of shape (B, Sq, Hq, D), None).
 """
-from transformers.masking_utils import flash_attention_mask
+import torch
+from transformers.masking_utils import causal_mask_function, flash_attention_mask
 
 from . import pinned
 from .errors import AttentionRefused
@@ -45,13 +46,22 @@ def pinned_attention_function(name: str):
     return forward
 
 
-def triton_attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
+def _last_key_hidden(mask_function, q_offset, q_length, kv_offset, kv_length) -> bool:
+    """True when the last query may not see the last key: the empty tail of a static cache (causal layers)."""
+    if not (isinstance(q_offset, int) and isinstance(kv_offset, int)) or kv_offset + kv_length <= q_offset + q_length:
+        return False
+    last_q, last_k = torch.tensor(q_offset + q_length - 1), torch.tensor(kv_offset + kv_length - 1)
+    return not bool(mask_function(torch.tensor(0), torch.tensor(0), last_q, last_k))
+
+
+def triton_attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0,
+                          mask_function=causal_mask_function, attention_mask=None, **kwargs):
     """The 2-D key padding mask (or None), like flash_attention_mask; refuses a static cache's empty slots."""
-    if isinstance(q_offset, int) and isinstance(kv_offset, int) and kv_offset + kv_length > q_offset + q_length:
+    if _last_key_hidden(mask_function, q_offset, q_length, kv_offset, kv_length):
         raise AttentionRefused(
             "triton_attention aligns causal attention to the last key, so it cannot run a static cache with empty "
             "slots. Use the default dynamic cache (generate(..., cache_implementation='dynamic')).")
-    return flash_attention_mask(batch_size, q_length, kv_length, q_offset, kv_offset,
+    return flash_attention_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function=mask_function,
                                 attention_mask=attention_mask, **kwargs)
 
 

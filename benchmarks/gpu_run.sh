@@ -8,11 +8,12 @@ export PYTHONUNBUFFERED=1 HF_SDPA_HYPOTHESIS_EXAMPLES=${HF_SDPA_HYPOTHESIS_EXAMP
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || pip install -q --no-deps -e .
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -m hf_sdpa doctor --mask padding --heads 32 --kv-heads 8 --q-len 4096 --head-dim 128 --dtype bfloat16 --backward; } 2>&1 | tee "$OUT/doctor_gpu.txt"
 if [ "${TESTS:-1}" = 1 ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -30 | tee "$OUT/tests_kernels_gpu.txt"
   for dt in float32 bfloat16; do
-    HF_SDPA_TEST_DTYPE=$dt python3 -m pytest -q -p no:cacheprovider -rs tests/test_models.py 2>&1 | tail -30 | tee "$OUT/tests_models_gpu_$dt.txt"
+    HF_SDPA_TEST_DTYPE=$dt python3 -m pytest -q -p no:cacheprovider -rs tests/test_models.py > "$OUT/tests_models_gpu_$dt.txt" 2>&1
+    tail -5 "$OUT/tests_models_gpu_$dt.txt"
   done
-  python3 -m pytest -q -p no:cacheprovider tests/ --ignore=tests/test_kernels.py --ignore=tests/test_models.py 2>&1 | tail -15 | tee "$OUT/tests_other_gpu.txt"
+  python3 -m pytest -v -p no:cacheprovider tests/test_kernels.py ${KERNEL_TEST_ARGS:-} > "$OUT/tests_kernels_gpu.txt" 2>&1
+  tail -5 "$OUT/tests_kernels_gpu.txt"
 fi
 if [ "${BENCH:-0}" = 1 ]; then
   python3 benchmarks/attention_bench.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tail -80 > "$OUT/bench_log.txt"

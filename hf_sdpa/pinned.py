@@ -40,7 +40,8 @@ def _ask_torch(backend, q, k, v, mask, dropout, is_causal, scale, enable_gqa):
             except RuntimeError as exc:
                 taken, error = False, str(exc).split("\n")[0]
     reasons = [str(w.message).split(" (Triggered internally")[0].strip() for w in caught]
-    reasons = [r for r in reasons if r and not r.endswith("kernel not used because:")]
+    # "X has been runtime disabled" concerns the backends our single-backend context switched off
+    reasons = [r for r in reasons if r and not r.endswith("not used because:") and "runtime disabled" not in r]
     if not taken and not reasons and error:
         reasons = [error]
     return taken, reasons

@@ -14,8 +14,8 @@ from .kernels import attention
 
 # What neither kind of implementation computes; each is refused rather than silently ignored.
 _REFUSED_KWARGS = {
-    "position_bias": "an additive position bias (T5-style); use eager or sdpa",
-    "s_aux": "attention sinks (gpt-oss); use eager",
+    "position_bias": "an additive position bias (T5-style). Use eager or sdpa",
+    "s_aux": "attention sinks (gpt-oss). Use eager",
 }
 
 
@@ -30,7 +30,7 @@ def pinned_attention_function(name: str):
     backend = IMPLEMENTATIONS[name].backend
 
     def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-        _refuse_kwargs(name, kwargs, {"softcap": "logit softcapping (torch SDPA has none); use triton_attention"})
+        _refuse_kwargs(name, kwargs, {"softcap": "logit softcapping (torch SDPA has none). Use triton_attention or eager"})
         causal, key, value = pinned.transformers_causal_flag(module, query, key, value, attention_mask, is_causal)
 
         def refuse(reasons):

@@ -37,7 +37,7 @@ def _pattern_args(p: Pattern, dtype: torch.dtype):
     dummy = p.kv_lo
     tensors = (p.kv_lo, p.kv_hi, dummy if p.holes is None else p.holes,
                dummy if p.key_keep is None else p.key_keep, dummy if p.doc_start is None else p.doc_start)
-    scalars = (p.scale * LOG2E, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
+    scalars = (p.scale * LOG2E.value, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
     fp32_exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     flags = dict(CAUSAL=p.causal, HAS_WINDOW=p.window is not None, HAS_HOLES=p.key_keep is not None,
                  HAS_DOC=p.doc_start is not None, SOFTCAP=p.softcap is not None, DROPOUT=p.dropout_p > 0,

@@ -12,7 +12,7 @@ Scores are kept in the log2 domain (``exp2``) with the softmax scale folded in.
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: Triton 3.6 reads no other globals in jit code
 
 
 @triton.jit
@@ -104,7 +104,7 @@ def logits(qk, qk_scale, sm_scale, softcap, SOFTCAP: tl.constexpr):
     """Scores in the log2 domain, and tanh(s / softcap) for the softcap derivative (0 without softcap)."""
     if SOFTCAP:
         t = 2.0 * tl.sigmoid(2.0 * (qk * sm_scale) / softcap) - 1.0
-        return (softcap * LOG2E) * t, t
+        return (t * softcap) * LOG2E, t
     else:
         return qk * qk_scale, 0.0
 

@@ -99,9 +99,9 @@ def measure(name, b, h, hk, s, d, causal, pad=None, window=None, softcap=None, l
     return row
 
 
-def standard_cases(quick):
+def standard_cases(quick, dims):
     seqs = [512, 2048, 8192] if quick else [512, 2048, 8192, 16384]
-    dims = [128] if quick else [64, 128, 256]
+    dims = [128] if quick else dims
     for d in dims:
         for causal in (True, False):
             for hk in (32, 8):
@@ -162,6 +162,8 @@ def main():
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-flex", action="store_true")
+    parser.add_argument("--head-dims", default="64,128,256")
+    parser.add_argument("--no-masked", action="store_true", help="skip the padded, window and softcap cases")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     import transformers
@@ -171,7 +173,7 @@ def main():
                     hf_sdpa=hf_sdpa.__version__, cuda=torch.version.cuda)
     impls = ["triton_attention"] + SDPA + ([] if args.no_flex else ["flex_attention"])
     rows = []
-    for case in standard_cases(args.quick):
+    for case in standard_cases(args.quick, [int(d) for d in args.head_dims.split(",")]):
         for impl in impls:
             # math materialises the scores; flex compiles per shape, so it runs the plotted series only
             flex_series = case["d"] == 128 and case["causal"] and case["hk"] == 8
@@ -179,7 +181,7 @@ def main():
                 continue
             rows.append(measure(impl, **case))
             print(json.dumps(rows[-1]), flush=True)
-    for label, case in masked_cases():
+    for label, case in ([] if args.no_masked else masked_cases()):
         for impl in impls:
             if impl == "sdpa_math":
                 continue

@@ -46,7 +46,7 @@ def dkdv_config(block_d: int, fp32: bool) -> LaunchConfig:
         return LaunchConfig(64, 128, 8, 3)
     if block_d <= 128:
         return LaunchConfig(32, 128, 8, 3)
-    return LaunchConfig(32, 32, 8, 2)
+    return LaunchConfig(64, 64, 8, 1)  # tuned on an H100 (benchmarks/results/h100/tune_backward.txt)
 
 
 def dq_config(block_d: int, fp32: bool) -> LaunchConfig:
@@ -58,4 +58,4 @@ def dq_config(block_d: int, fp32: bool) -> LaunchConfig:
         return LaunchConfig(128, 64, 8, 3)
     if block_d <= 128:
         return LaunchConfig(128, 32, 8, 3)
-    return LaunchConfig(64, 32, 8, 2)
+    return LaunchConfig(128, 32, 8, 2)  # tuned on an H100 with dkdv above

@@ -25,14 +25,10 @@ def check_inputs(q, k, v, *, causal=False, key_padding_mask=None, position_ids=N
     if not (q.device == k.device == v.device):
         _refuse(f"query, key and value are on different devices ({q.device}, {k.device}, {v.device}).",
                 "Move them to one device.")
-    if q.device.type == "cuda":
-        pass
-    elif q.device.type == "cpu" and interpreting():
-        pass
-    elif q.device.type == "cpu":
+    if q.device.type == "cpu" and not interpreting():
         _refuse("runs on CUDA GPUs; on the CPU only under Triton's interpreter (TRITON_INTERPRET=1, for tests).",
                 f"On this device use {_ALTERNATIVES}.")
-    else:
+    if q.device.type not in ("cuda", "cpu"):
         _refuse(f"has no kernel for device type '{q.device.type}'.", f"Use {_ALTERNATIVES}.")
     if not (q.dtype == k.dtype == v.dtype):
         _refuse(f"query, key and value have different dtypes ({q.dtype}, {k.dtype}, {v.dtype}).",

@@ -21,10 +21,11 @@ CUDA_ONLY = {SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION}
 
 @dataclass
 class Dispatch:
-    """Whether a backend takes an input, how (GQA in place or K/V repeated), and torch's reasons if not."""
+    """Whether a backend takes an input, how (GQA in place, or with the repeated K/V given here), and torch's
+    reasons if not."""
     ok: bool
     enable_gqa: bool = False
-    repeat_kv: int = 1
+    repeated_kv: Optional[tuple] = None
     reasons: List[str] = field(default_factory=list)
 
 
@@ -63,10 +64,10 @@ def choose(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
         if taken:
             return Dispatch(True, enable_gqa=n_rep > 1)
         if n_rep > 1:
-            taken_rep, reasons_rep = _ask_torch(backend, q, repeat_heads(k, n_rep), repeat_heads(v, n_rep), mask,
-                                                dropout, is_causal, scale, False)
+            kr, vr = repeat_heads(k, n_rep), repeat_heads(v, n_rep)
+            taken_rep, reasons_rep = _ask_torch(backend, q, kr, vr, mask, dropout, is_causal, scale, False)
             if taken_rep:
-                return Dispatch(True, repeat_kv=n_rep)
+                return Dispatch(True, repeated_kv=(kr, vr))
             reasons = reasons + [r for r in reasons_rep if r not in reasons]
     return Dispatch(False, reasons=reasons or ["torch gave no reason"])
 
@@ -77,8 +78,8 @@ def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tens
         how = choose(backend, q, k, v, mask, dropout, is_causal, scale)
         if not how.ok:
             refuse(how.reasons)
-        if how.repeat_kv > 1:
-            k, v = repeat_heads(k, how.repeat_kv), repeat_heads(v, how.repeat_kv)
+        if how.repeated_kv is not None:
+            k, v = how.repeated_kv
         with sdpa_kernel([backend]):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
                                                   scale=scale, enable_gqa=how.enable_gqa)

@@ -1,9 +1,6 @@
-"""The `hf-sdpa` command: `doctor` and `compare`."""
+"""The `hf-sdpa` command: `doctor`."""
 import argparse
 import json
-import sys
-
-import torch
 
 
 def _doctor(args):
@@ -21,14 +18,6 @@ def _doctor(args):
     print(json.dumps(rep, indent=2, default=str) if args.json else format_report(rep))
 
 
-def _compare(args):
-    from .compare import compare, format_rows
-    rows = compare(device=args.device, dtype=getattr(torch, args.dtype))
-    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
-    if any(r["status"] == "ran" and not r["generation == eager"] for r in rows):
-        sys.exit(1)
-
-
 def main(argv=None):
     import hf_sdpa  # noqa: F401  registers the names
     parser = argparse.ArgumentParser(prog="hf-sdpa", description=__doc__)
@@ -44,11 +33,6 @@ def main(argv=None):
     doc.add_argument("--backward", action="store_true", default=None)
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=_doctor)
-    cmp = sub.add_parser("compare", help="every implementation side by side on a tiny model against eager")
-    cmp.add_argument("--device", default=None)
-    cmp.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32"])
-    cmp.add_argument("--json", action="store_true")
-    cmp.set_defaults(func=_compare)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -56,7 +56,7 @@ class Case:
                               dropout=self.dropout)
 
 
-def _versions():
+def versions():
     import transformers
     from . import __version__
     try:
@@ -72,7 +72,7 @@ def _versions():
     }
 
 
-def _devices():
+def devices():
     devices = [{"device": "cpu", "name": platform.processor() or platform.machine()}]
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
@@ -137,7 +137,7 @@ def report(case: Optional[Case] = None) -> dict:
             f"runs here ({probe.resolved()[0]}, tiny causal input, forward+backward)": status == "ran",
             "why not": why,
         }
-    out = {"versions": _versions(), "devices": _devices(), "flash attention implementation": _flash_impl(),
+    out = {"versions": versions(), "devices": devices(), "flash attention implementation": _flash_impl(),
            "implementations": impls, "notes": _notes()}
     if case is not None:
         inp = case.build()

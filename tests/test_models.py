@@ -15,7 +15,6 @@ import transformers as tf
 
 from conftest import DEVICE, HAS_GPU
 from hf_sdpa import NAMES, AttentionRefused
-from hf_sdpa.compare import padded_labels
 
 DTYPE = getattr(torch, os.environ.get("HF_SDPA_TEST_DTYPE", "float32"))
 EXACT = DTYPE == torch.float32
@@ -23,6 +22,15 @@ CPU_NAMES = ["sdpa_math", "sdpa_fa2", "triton_attention"]
 RUNNABLE = NAMES if HAS_GPU else CPU_NAMES
 BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, attention_dropout=0.0, pad_token_id=0)
+
+
+
+def padded_labels(ids, mask):
+    """Labels that leave out padding and each row's first real token (predicted from a padding position)."""
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[torch.arange(ids.shape[0], device=ids.device), mask.argmax(1)] = -100
+    return labels
+
 
 CAUSAL_LMS = {
     "llama": lambda: (tf.LlamaConfig(**BASE), tf.LlamaForCausalLM),

@@ -11,6 +11,19 @@ from .forward import attention_fwd_kernel
 from .tiles import LOG2E, dropout_mask_kernel
 
 
+# Called as hook(kernel_name, config) before each launch; hf_sdpa.trace adds one to see which kernel ran.
+LAUNCH_HOOKS = []
+
+
+def _announce(kernel: str, cfg=None, **info):
+    if not LAUNCH_HOOKS:
+        return
+    if cfg is not None:
+        info = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, warps=cfg.num_warps, stages=cfg.num_stages, **info)
+    for hook in LAUNCH_HOOKS:
+        hook(kernel, info)
+
+
 @dataclass(frozen=True)
 class Pattern:
     """Which (row, key) pairs attend, as small per-batch tensors on the inputs' device, and the score transform.
@@ -56,6 +69,7 @@ def run_forward(q, k, v, p: Pattern):
     cfg = forward_config(block_d, q.dtype == torch.float32)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q.dtype)
     grid = (triton.cdiv(SQ, cfg.block_m), B * H)
+    _announce("attention_fwd_kernel", cfg)
     attention_fwd_kernel[grid](
         q, k, v, out, lse, *tensors, *scalars,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -73,6 +87,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     fp32 = q.dtype == torch.float32
     delta = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
     rows = 64 if block_d <= 128 else 32
+    _announce("delta_kernel", BLOCK_M=rows)
     delta_kernel[(triton.cdiv(SQ, rows), B * H)](
         out, do, delta, out.stride(0), out.stride(1), out.stride(2), do.stride(0), do.stride(1), do.stride(2),
         H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows)
@@ -82,6 +97,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
     cfg = dkdv_config(block_d, fp32)
+    _announce("attention_bwd_dkdv_kernel", cfg)
     attention_bwd_dkdv_kernel[(triton.cdiv(SKV, cfg.block_n), B * HK)](
         q, k, v, do, dk, dv, lse, delta, *tensors, *scalars, *common,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
@@ -89,6 +105,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     cfg = dq_config(block_d, fp32)
+    _announce("attention_bwd_dq_kernel", cfg)
     attention_bwd_dq_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
         q, k, v, do, dq, lse, delta, *tensors, *scalars, *common,
         dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import hf_sdpa
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
 import finetune  # noqa: E402
@@ -92,7 +94,8 @@ def evaluate(model_dir, names, data, args, acc) -> dict:
         try:
             model.set_attn_implementation(name)
             logits = [_forward(model, b, acc).cpu() for b in batches]  # also the warm-up
-            tokens = _generate(model, prompts, args.new_tokens, data.tokenizer.pad_token_id, acc)
+            with hf_sdpa.trace() as traced:
+                tokens = _generate(model, prompts, args.new_tokens, data.tokenizer.pad_token_id, acc)
         except (ValueError, RuntimeError, NotImplementedError) as exc:  # AttentionRefused is a ValueError
             rows.append({"name": name, "status": "refused", "why": " ".join(str(exc).split())})
             continue
@@ -106,7 +109,7 @@ def evaluate(model_dir, names, data, args, acc) -> dict:
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         row = {"name": name, "status": "ran", "perplexity": perplexity(model, batches, acc),
                "forward_tokens_per_s": real / statistics.median(times),
-               "forward_peak_bytes": measure.peak_bytes(acc.device)}
+               "forward_peak_bytes": measure.peak_bytes(acc.device), "generate_kernels": traced.kernels(name)}
         if reference is None:
             reference = (logits, tokens)
         row.update(_against(reference, logits, tokens, batches))
@@ -134,15 +137,17 @@ def _against(reference, logits, tokens, batches) -> dict:
 
 def format_table(evaluation: dict) -> str:
     lines = ["| implementation | perplexity | max logit gap to eager | mean logit gap to eager | KL vs eager | "
-             "greedy = eager | forward tokens/s | peak memory MiB |", "|---" * 8 + "|"]
+             "greedy = eager | forward tokens/s | peak memory MiB | kernels in generate() (decode) |",
+             "|---" * 9 + "|"]
     for r in evaluation["rows"]:
         if r["status"] != "ran":
-            lines.append(f"| {r['name']} | {r['status']}: {r['why']} |" + " |" * 6)
+            lines.append(f"| {r['name']} | {r['status']}: {r['why']} |" + " |" * 7)
             continue
         mem = f"{r['forward_peak_bytes'] / 2**20:.0f}" if r["forward_peak_bytes"] else "n/a"
         lines.append(f"| {r['name']} | {r['perplexity']:.3f} | {r['max_logit_diff']:.2e} | "
                      f"{r['mean_logit_diff']:.2e} | {r['mean_kl']:.2e} | {r['generations_matching']}/"
-                     f"{r['generations']} | {r['forward_tokens_per_s']:.0f} | {mem} |")
+                     f"{r['generations']} | {r['forward_tokens_per_s']:.0f} | {mem} | "
+                     f"{', '.join(r['generate_kernels'].get('forward (decode)', []))} |")
     return "\n".join(lines)
 
 

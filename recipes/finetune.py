@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import hf_sdpa
+
 # NVLink multicast stays off on shared multi-GPU hosts: it can take all of a host's GPUs out of service.
 for _var, _value in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                      "NVSHMEM_DISABLE_NVLS": "1"}.items():
@@ -217,9 +219,9 @@ def train(args, name: str, data: Data, accelerator) -> dict:
     batches = corpus.GlobalBatches(len(data.train_rows), global_batch, args.seed)
     pad = data.tokenizer.pad_token_id
     measure.reset_peak(device)
-    timed_tokens, timed_seconds = 0, 0.0
+    timed_tokens, timed_seconds, kernels = 0, 0.0, {}
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=name,
-               disable=not acc.is_main_process)
+               disable=not acc.is_main_process or not sys.stderr.isatty())
     model.train()
     for step in bar:
         t0 = measure.now(device)
@@ -228,16 +230,19 @@ def train(args, name: str, data: Data, accelerator) -> dict:
         local = sum(int((b["targets"] != -100).sum()) for b in micro)
         tokens = int(acc.reduce(torch.tensor(local, device=device), "sum").item())
         ce_sum = torch.zeros((), device=device)
-        for j, batch in enumerate(micro):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            targets = batch.pop("targets")
-            sync = nullcontext() if j == len(micro) - 1 else acc.no_sync(model)
-            with sync, acc.autocast():
-                logits = model(**batch).logits[:, :-1]
-                ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
-                                     reduction="sum")
-            acc.backward(ce * world / tokens)
-            ce_sum += ce.detach()
+        with hf_sdpa.trace() if step == start else nullcontext() as traced:  # which kernels really ran
+            for j, batch in enumerate(micro):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                targets = batch.pop("targets")
+                sync = nullcontext() if j == len(micro) - 1 else acc.no_sync(model)
+                with sync, acc.autocast():
+                    logits = model(**batch).logits[:, :-1]
+                    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                         reduction="sum")
+                acc.backward(ce * world / tokens)
+                ce_sum += ce.detach()
+        if traced is not None:
+            kernels = traced.kernels(name)
         acc.clip_grad_norm_(model.parameters(), 1.0)
         lr = args.lr * lr_factor(step)
         for group in optimizer.param_groups:
@@ -255,14 +260,16 @@ def train(args, name: str, data: Data, accelerator) -> dict:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
             if (step + 1) % args.log_every == 0:
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:.0f}")
+                bar.write(f"{name} step {step + 1}/{args.steps}: loss {loss:.4f}, lr {lr:.2e}, "
+                          f"{tokens / seconds:.0f} tokens/s")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             checkpoints.save(step + 1, history)
 
     result = {"name": name, "status": "ran", "steps": args.steps, "losses": [h["loss"] for h in history],
               "final_loss": history[-1]["loss"] if history else None,
               "train_tokens_per_s": timed_tokens / timed_seconds if timed_seconds else None,
-              "train_peak_bytes": measure.peak_bytes(device), "processes": world, "global_batch": global_batch,
+              "train_peak_bytes": measure.peak_bytes(device), "kernels": kernels, "processes": world,
+              "global_batch": global_batch,
               "model_dir": str(run_dir / "model")}
     state = acc.get_state_dict(model)  # gathered from every process under FSDP
     if acc.is_main_process:

@@ -1,5 +1,6 @@
 """The comparison's report: report.json (everything), report.md (a table per metric) and two plots."""
 import json
+import re
 from pathlib import Path
 
 from evaluate import format_table
@@ -22,6 +23,12 @@ def _mib(n):
     return f"{n / 2**20:.0f}" if n else "n/a"
 
 
+def _kernels(by_phase: dict) -> str:
+    """`{"forward": [...], "backward": [...]}` as one short cell: kernel names without launch configs."""
+    return "; ".join(", ".join(dict.fromkeys(re.sub(r"(_kernel)\([^)]*\)", r"\1", k) for k in ks))
+                     for phase, ks in by_phase.items() if not phase.startswith("forward (")) or "n/a"
+
+
 def curve_gap(runs: dict, name: str, reference: str) -> float | None:
     """The largest |loss - reference loss| over the steps both ran."""
     a, b = runs[name].get("losses"), runs[reference].get("losses")
@@ -39,14 +46,15 @@ def markdown(result: dict) -> str:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()), "",
              "## Training (same data, seed and order)", "",
              f"| implementation | status | final loss | largest loss gap to {ref} over the curve | train tokens/s | "
-             "peak memory MiB | perplexity of its own model |", "|---" * 7 + "|"]
+             "peak memory MiB | perplexity of its own model | kernels that ran (forward; backward) |",
+             "|---" * 8 + "|"]
     for name, r in runs.items():
         if r["status"] != "ran":
-            lines.append(f"| {name} | {r['status']}: {r['why']} |" + " |" * 5)
+            lines.append(f"| {name} | {r['status']}: {r['why']} |" + " |" * 6)
             continue
         gap = curve_gap(runs, name, ref)
         lines.append(f"| {name} | ran | {r['final_loss']:.4f} | {gap:.2e} | {r['train_tokens_per_s'] or 0:.0f} | "
-                     f"{_mib(r['train_peak_bytes'])} | {r['own_perplexity']:.3f} |")
+                     f"{_mib(r['train_peak_bytes'])} | {r['own_perplexity']:.3f} | {_kernels(r['kernels'])} |")
     ev = result["evaluation"]
     lines += ["", f"## Evaluation of the `{ref}`-trained model with each implementation", "",
               format_table(ev), "", "## Greedy generations (eager)", ""]

@@ -62,7 +62,12 @@ def test_compare_report(tmp_path):
     for name in ran:
         assert runs[name]["losses"] == pytest.approx(eager, rel=1e-5, abs=1e-5), name
         assert runs[name]["train_tokens_per_s"] > 0
+    # The kernels column: what each implementation was traced running in its first step.
+    assert runs["sdpa_math"]["kernels"]["forward"][0].startswith("math (")
+    assert "attention_fwd_kernel" in runs["triton_attention"]["kernels"]["forward"][0]
+    assert "attention_bwd_dq_kernel" in runs["triton_attention"]["kernels"]["backward"][0]
     rows = {r["name"]: r for r in report["evaluation"]["rows"]}
+    assert rows["triton_attention"]["generate_kernels"]["forward (decode)"]
     for name in ran:
         row = rows[name]
         assert row["generations_matching"] == row["generations"] == 3, name

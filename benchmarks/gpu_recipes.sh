@@ -24,3 +24,5 @@ if [ "${TESTS:-1}" = 1 ]; then
   timeout 200 python3 -m pytest -q -n 4 -p no:cacheprovider -rs tests/test_trace.py tests/test_registry.py \
     > "$OUT/tests_trace_registry_gpu.txt" 2>&1; tail -n 2 "$OUT/tests_trace_registry_gpu.txt"
 fi
+# One archive: the device returns few files per call.
+(cd "$OUT" && tar czf ../results.tgz . && rm -rf ./* && mv ../results.tgz .)

@@ -38,17 +38,20 @@ def _trace(args):
     if args.padding:  # left padding, growing down the batch: row i keeps 1 - i * padding / batch of its tokens
         for row in range(args.batch):
             mask[row, : int(args.seq * args.padding * row / args.batch)] = 0
+    def work():
+        model.train()
+        model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        model.eval()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+
     rows, refused = [], {}
     for name in args.attn.split(","):
         try:
             model.set_attn_implementation(name)
+            work()  # once untraced, so that compilation and cuDNN plan building are not timed
             with trace() as t:
-                model.train()
-                model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
-                model.eval()
-                with torch.no_grad():
-                    model.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False,
-                                   pad_token_id=0)
+                work()
         except (AttentionRefused, ValueError) as exc:
             refused[name] = " ".join(str(exc).split())
             continue

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .kernels.autocast import autocast_inputs
+
 _LOCK = threading.RLock()
 
 CUDA_ONLY = {SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION}
@@ -54,7 +56,9 @@ def repeat_heads(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def choose(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
-    """How `backend` can run this input: GQA in place first, else with repeated K/V, else refused."""
+    """How `backend` can run this input: GQA in place first, else with repeated K/V, else refused. Under
+    autocast, torch's SDPA casts its inputs to the autocast dtype before it chooses: so do we."""
+    q, k, v, mask = autocast_inputs(q, k, v, mask)
     if backend in CUDA_ONLY and q.device.type != "cuda":
         return Dispatch(False, reasons=[f"{backend.name} has kernels for CUDA devices only; this input is on "
                                         f"{q.device.type}."])
@@ -74,6 +78,7 @@ def choose(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
 
 def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tensor:
     """Runs `backend` or calls refuse(reasons) (which raises). Returns (B, H, Sq, D)."""
+    q, k, v, mask = autocast_inputs(q, k, v, mask)
     with _LOCK:
         how = choose(backend, q, k, v, mask, dropout, is_causal, scale)
         if not how.ok:

@@ -6,6 +6,7 @@ import torch
 
 from ..errors import AttentionRefused
 from .config import interpreting
+from .autocast import autocast_inputs
 from .ops import Pattern, TritonAttention
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -119,6 +120,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     (GQA/MQA, read in place). Any strides with a contiguous head dim; the result is a (batch, heads, q_len,
     head_dim) view of a (batch, q_len, heads, head_dim) buffer.
 
+    Under torch.autocast, q, k and v are cast to the autocast dtype first, as for F.scaled_dot_product_attention.
     causal: row i sees keys j <= i + kv_len - q_len (bottom-right aligned: decode and chunked prefill).
     key_padding_mask: (batch, kv_len), True = attend. A row that sees no key returns zeros.
     position_ids / cu_seqlens: packed documents (causal, q_len == kv_len); attention never crosses a document.
@@ -126,6 +128,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     softcap: scores become softcap * tanh(scores / softcap) (Gemma2). scale defaults to head_dim ** -0.5.
     dropout_p, seed: dropout on the probabilities; the same seed gives the same pattern (see dropout_keep_mask).
     """
+    q, k, v = autocast_inputs(q, k, v)
     check_inputs(q, k, v, causal=causal, key_padding_mask=key_padding_mask, position_ids=position_ids,
                  cu_seqlens=cu_seqlens, window=window, softcap=softcap, dropout_p=dropout_p)
     B, H, SQ, D = q.shape

@@ -59,7 +59,7 @@ def prompt_batch(data, count: int) -> dict:
 def _forward(model, batch, acc):
     inputs = {k: v.to(acc.device) for k, v in batch.items() if k != "targets"}
     with torch.no_grad(), acc.autocast():
-        return model(**inputs).logits[:, :-1].float()
+        return model(**inputs, use_cache=False).logits[:, :-1].float()
 
 
 def perplexity(model, batches, acc) -> float:

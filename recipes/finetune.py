@@ -236,7 +236,8 @@ def train(args, name: str, data: Data, accelerator) -> dict:
                 targets = batch.pop("targets")
                 sync = nullcontext() if j == len(micro) - 1 else acc.no_sync(model)
                 with sync, acc.autocast():
-                    logits = model(**batch).logits[:, :-1]
+                    # use_cache=False: with a cache, Transformers' eager and sdpa masks ignore packed position_ids
+                    logits = model(**batch, use_cache=False).logits[:, :-1]
                     ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
                                          reduction="sum")
                 acc.backward(ce * world / tokens)

@@ -24,5 +24,5 @@ def probe(model, batch: dict, device) -> None:
     small = {k: v[:1].to(device) for k, v in batch.items() if k != "targets"}
     devices = [device] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        model(**small).logits.float().sum().backward()
+        model(**small, use_cache=False).logits.float().sum().backward()
     model.zero_grad(set_to_none=True)

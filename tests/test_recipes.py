@@ -98,6 +98,15 @@ def test_distributed_and_accumulation_follow_the_one_process_curve(tmp_path):
     assert losses(tmp_path / "acc" / "sdpa_math") == pytest.approx(one, rel=1e-5)
 
 
+def test_packed_rows_keep_documents_apart_with_every_implementation(tmp_path):
+    """Packed rows carry only position_ids: each implementation must keep the documents apart the same way."""
+    run("finetune.py", *TINY, "--packing", "--attn", "eager,sdpa_math,triton_attention", "--steps", "3",
+        "--batch-size", "2", "--save-every", "3", "--output-dir", str(tmp_path))
+    eager = losses(tmp_path / "eager")
+    for name in ("sdpa_math", "triton_attention"):
+        assert losses(tmp_path / name) == pytest.approx(eager, rel=1e-5), name
+
+
 def test_killed_run_resumes_on_the_same_curve(tmp_path):
     common = [*TINY, "--attn", "eager", "--steps", "8", "--save-every", "2", "--batch-size", "4"]
     run("finetune.py", *common, "--output-dir", str(tmp_path / "whole"))

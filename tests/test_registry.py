@@ -108,3 +108,17 @@ def test_cli_doctor_json_runs():
     out = subprocess.run([sys.executable, "-m", "hf_sdpa", "doctor", "--json", "--q-len", "8", "--head-dim", "16"],
                          capture_output=True, text=True, check=True, cwd="/")
     assert '"implementations"' in out.stdout and '"case"' in out.stdout
+
+
+@pytest.mark.parametrize("name", ["sdpa_math", "sdpa_fa2", "triton_attention"] if not HAS_GPU else NAMES)
+def test_under_autocast_inputs_are_cast_as_torch_sdpa_casts_them(name):
+    """Mixed precision hands over fp32 queries and keys (after RoPE) next to half values: every name computes
+    in the autocast dtype, as F.scaled_dot_product_attention does, instead of refusing the mixed dtypes."""
+    device = "cuda" if HAS_GPU else "cpu"
+    q, k = (torch.randn(2, 4, 32, 32, device=device) for _ in range(2))
+    v = torch.randn(2, 4, 32, 32, device=device).half()
+    with torch.autocast(device, dtype=torch.float16):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = IMPLEMENTATIONS[name].run(AttentionInput(q, k, v, causal=True))
+    assert out.dtype == expected.dtype == torch.float16
+    assert (out.float() - expected.float()).abs().max() < 2e-3

@@ -34,10 +34,10 @@ def add_evaluation_options(p: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def held_out_batches(data, args) -> list:
-    """The first held-out documents, one per row (BOS + ids, cut at --seq-len), right padded."""
+    """The held-out documents as training saw its rows: packed (--packing) or one per row, right padded."""
     tok = data.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    rows = corpus.rows_from_docs(data.validation, args.seq_len, bos, tok.eos_token_id, packing=False)
+    rows = corpus.rows_from_docs(data.validation, args.seq_len, bos, tok.eos_token_id, packing=args.packing)
     rows = rows[:args.eval_batches * args.batch_size]
     if not rows:
         raise corpus.DataError("the held-out split gave no rows; give more text or lower --seq-len.")
@@ -106,7 +106,7 @@ def evaluate(model_dir, names, data, args, acc) -> dict:
             for b in batches:
                 _forward(model, b, acc)
             times.append(measure.now(acc.device) - t0)
-        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        real = sum(int(_real(b).sum()) for b in batches)
         row = {"name": name, "status": "ran", "perplexity": perplexity(model, batches, acc),
                "forward_tokens_per_s": real / statistics.median(times),
                "forward_peak_bytes": measure.peak_bytes(acc.device), "generate_kernels": traced.kernels(name)}
@@ -119,11 +119,18 @@ def evaluate(model_dir, names, data, args, acc) -> dict:
             "eager_generations": decoded}
 
 
+def _real(batch) -> torch.Tensor:
+    """Where a batch holds tokens rather than padding (everywhere in packed rows)."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].bool()
+    return torch.ones_like(batch["input_ids"], dtype=torch.bool)
+
+
 def _against(reference, logits, tokens, batches) -> dict:
     """Logit differences and KL(eager || this) over the real positions; generated tokens against eager's."""
     diffs, kls = [], []
     for ref, got, b in zip(reference[0], logits, batches):
-        real = b["attention_mask"][:, :-1].bool()
+        real = _real(b)[:, :-1]
         diffs.append((got - ref)[real].abs())
         ref_logp, got_logp = F.log_softmax(ref[real].double(), -1), F.log_softmax(got[real].double(), -1)
         kls.append((ref_logp.exp() * (ref_logp - got_logp)).sum(-1))

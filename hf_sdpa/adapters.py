@@ -29,6 +29,7 @@ def _refuse_kwargs(name, kwargs, extra=None):
 def pinned_attention_function(name: str):
     backend = IMPLEMENTATIONS[name].backend
 
+    @torch.compiler.disable  # a graph break, not a trace through the lock and torch's backend switches
     def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
         _refuse_kwargs(name, kwargs, {"softcap": "logit softcapping (torch SDPA has none). Use triton_attention or eager"})
         causal, key, value = pinned.transformers_causal_flag(module, query, key, value, attention_mask, is_causal)
@@ -65,6 +66,7 @@ def triton_attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset
                                 attention_mask=attention_mask, **kwargs)
 
 
+@torch.compiler.disable  # runs eagerly between compiled graphs (the mask-to-range conversion is data-dependent)
 def triton_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                              sliding_window=None, softcap=None, position_ids=None, cu_seq_lens_q=None,
                              cu_seq_lens_k=None, **kwargs):

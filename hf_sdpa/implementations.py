@@ -35,6 +35,8 @@ class Implementation:
             return []
         if inp.softcap is not None:
             return ["torch's scaled_dot_product_attention has no logit softcapping."]
+        if inp.pattern_problems():
+            return inp.pattern_problems()
         mask, is_causal = inp.sdpa_form()
         return pinned.choose(self.backend, inp.query, inp.key, inp.value, mask, inp.dropout, is_causal,
                              inp.scale).reasons
@@ -49,7 +51,7 @@ class Implementation:
                                  dropout_p=inp.dropout)
             except AttentionRefused as exc:
                 raise refusal(self.name, inp, [str(exc).removeprefix(f"{self.name}: ")]) from None
-        if inp.softcap is not None:
+        if inp.softcap is not None or inp.pattern_problems():
             raise refusal(self.name, inp, self.reasons(inp))
 
         def refuse(reasons):
@@ -108,7 +110,7 @@ def can_run(inp: AttentionInput, exclude: str = "") -> List[str]:
 def refusal(name: str, inp: AttentionInput, reasons: List[str]) -> AttentionRefused:
     others = can_run(inp, exclude=name)
     lines = [f"{name} cannot run this input: {inp.describe()}.",
-             ("torch says:" if IMPLEMENTATIONS[name].backend is not None else "Why:")]
+             "Why:"]
     lines += [f"  - {r}" for r in reasons]
     lines.append("Implementations that can run it here: " + ", ".join(others + ["eager"]) + ".")
     return AttentionRefused("\n".join(lines))

@@ -23,6 +23,17 @@ class AttentionInput:
     scale: Optional[float] = None
     dense_mask: Optional[torch.Tensor] = None
 
+    def pattern_problems(self):
+        """What is wrong with the padding mask or the window, each with what to do ([] when nothing)."""
+        problems = []
+        b, skv = self.query.shape[0], self.key.shape[-2]
+        if self.padding is not None and (tuple(self.padding.shape) != (b, skv) or self.padding.is_floating_point()):
+            problems.append(f"the padding mask must be (batch, kv_len) = {(b, skv)}, bool or integer with 1 = attend, "
+                            f"got {tuple(self.padding.shape)} {self.padding.dtype}.")
+        if self.window is not None and self.window < 1:
+            problems.append(f"a sliding window must be a positive number of keys, got {self.window}.")
+        return problems
+
     def sdpa_form(self):
         """(4-D bool mask or None, is_causal) as Transformers' SDPA path passes this input to torch."""
         if self.dense_mask is not None:

@@ -42,11 +42,12 @@ def _ask_torch(backend, q, k, v, mask, dropout, is_causal, scale, enable_gqa):
                                                 enable_gqa=enable_gqa) == backend.value
             except RuntimeError as exc:
                 taken, error = False, str(exc).split("\n")[0]
-    reasons = [str(w.message).split(" (Triggered internally")[0].strip() for w in caught]
+    reasons = ["torch: " + str(w.message).split(" (Triggered internally")[0].strip() for w in caught]
     # "X has been runtime disabled" concerns the backends our single-backend context switched off
-    reasons = [r for r in reasons if r and not r.endswith("not used because:") and "runtime disabled" not in r]
+    reasons = [r for r in reasons if r != "torch: " and not r.endswith("not used because:")
+               and "runtime disabled" not in r]
     if not taken and not reasons and error:
-        reasons = [error]
+        reasons = ["torch: " + error]
     return taken, reasons
 
 
@@ -55,10 +56,48 @@ def repeat_heads(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n, s, d).reshape(b, h * n, s, d)
 
 
+def input_problems(q, k, v, mask, dropout) -> List[str]:
+    """What makes an input invalid for every torch backend, each with what to do. Checked before torch is
+    asked, so that a bad input gets the package's error, not a RuntimeError from deep inside a kernel."""
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (q, k, v)):
+        return ["query, key and value must be 4-D tensors (batch, heads, seq, head_dim)."]
+    problems = []
+    if not q.device == k.device == v.device:
+        problems.append(f"query, key and value are on different devices ({q.device}, {k.device}, {v.device}): "
+                        "move them to one device.")
+    if not q.dtype == k.dtype == v.dtype:
+        problems.append(f"query, key and value have different dtypes ({q.dtype}, {k.dtype}, {v.dtype}): cast them "
+                        "to one dtype (under torch.autocast this is done for you).")
+    if not all(t.dtype.is_floating_point for t in (q, k, v)):
+        problems.append(f"attention needs floating-point tensors, not {q.dtype}.")
+    B, H, SQ, D = q.shape
+    if k.shape[0] != B or v.shape[:3] != k.shape[:3] or k.shape[3] != D:
+        problems.append(f"key {tuple(k.shape)} and value {tuple(v.shape)} must be (batch, kv_heads, kv_len, "
+                        f"head_dim) matching query {tuple(q.shape)} (value may have another head_dim).")
+    elif k.shape[1] == 0 or H % k.shape[1]:
+        problems.append(f"query heads ({H}) must be a multiple of key/value heads ({k.shape[1]}).")
+    if mask is not None:
+        target = (B, H, SQ, k.shape[2])
+        if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
+            problems.append(f"the mask must be bool (True = attend) or float (added to the scores), not "
+                            f"{mask.dtype}.")
+        if mask.dim() > 4 or any(m not in (1, t) for m, t in zip(mask.shape[::-1], target[::-1])):
+            problems.append(f"the mask {tuple(mask.shape)} does not broadcast to (batch, heads, q_len, kv_len) "
+                            f"= {target}.")
+        if mask.device != q.device:
+            problems.append(f"the mask is on {mask.device}, the query on {q.device}: move it.")
+    if not 0.0 <= dropout < 1.0:
+        problems.append(f"dropout must be in [0, 1), got {dropout}.")
+    return problems
+
+
 def choose(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
     """How `backend` can run this input: GQA in place first, else with repeated K/V, else refused. Under
     autocast, torch's SDPA casts its inputs to the autocast dtype before it chooses: so do we."""
     q, k, v, mask = autocast_inputs(q, k, v, mask)
+    problems = input_problems(q, k, v, mask, dropout)
+    if problems:
+        return Dispatch(False, reasons=problems)
     if backend in CUDA_ONLY and q.device.type != "cuda":
         return Dispatch(False, reasons=[f"{backend.name} has kernels for CUDA devices only; this input is on "
                                         f"{q.device.type}."])
@@ -77,8 +116,15 @@ def choose(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
 
 
 def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tensor:
-    """Runs `backend` or calls refuse(reasons) (which raises). Returns (B, H, Sq, D)."""
+    """Runs `backend` or calls refuse(reasons) (which raises). Returns (B, H, Sq, Dv).
+
+    Empty inputs give an empty result, and queries with no key at all zeros, without asking a kernel."""
     q, k, v, mask = autocast_inputs(q, k, v, mask)
+    problems = input_problems(q, k, v, mask, dropout)
+    if problems:
+        refuse(problems)
+    if 0 in (q.shape[0], q.shape[2], k.shape[2]):
+        return q.new_zeros(q.shape[:3] + v.shape[3:])
     with _LOCK:
         how = choose(backend, q, k, v, mask, dropout, is_causal, scale)
         if not how.ok:

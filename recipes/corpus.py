@@ -4,6 +4,7 @@ fixed global batches that every run, every implementation and every process coun
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,16 @@ def load_texts(dataset: str | None, text_column: str = "text", seed: int = 0) ->
     if held is None:
         parts = ds["train"].train_test_split(test_size=0.1, seed=seed)
         ds, held = {"train": parts["train"], "validation": parts["test"]}, "validation"
-    return {"train": [t for t in ds["train"][text_column] if t and t.strip()],
-            "validation": [t for t in ds[held][text_column] if t and t.strip()]}
+    return {split: _text_rows(rows[text_column], split) for split, rows in (("train", ds["train"]),
+                                                                             ("validation", ds[held]))}
+
+
+def _text_rows(rows: list, split: str) -> list:
+    """The rows that hold text; the others (None, numbers, empty strings) are skipped and counted aloud."""
+    texts = [t for t in rows if isinstance(t, str) and t.strip()]
+    if len(texts) < len(rows):
+        print(f"{split}: skipped {len(rows) - len(texts)} of {len(rows)} rows that hold no text", file=sys.stderr)
+    return texts
 
 
 def trained_tokenizer(texts: list, vocab_size: int):

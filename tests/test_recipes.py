@@ -3,6 +3,7 @@ the one-process curve, a SIGKILLed run resuming on the same curve, bad input sto
 failing implementation reported while the others finish."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,6 +154,17 @@ def test_bad_input_stops_before_training(tmp_path, bad, message):
     result = run("finetune.py", *TINY, "--steps", "2", *args, "--output-dir", str(out), check=False)
     assert result.returncode != 0 and message in result.stderr
     assert (out / "eager" / "metrics.jsonl").read_text() == "earlier run\n"  # nothing written is lost
+
+
+def test_rows_without_text_are_skipped_and_counted(tmp_path):
+    data = tmp_path / "data.jsonl"
+    rows = [{"text": f"sentence number {i} of a small corpus. " * 8} for i in range(30)]
+    rows += [{"text": None}, {"text": 12345}, {"text": "   "}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run("finetune.py", *TINY, "--dataset", str(data), "--attn", "eager", "--steps", "2",
+                 "--batch-size", "2", "--output-dir", str(tmp_path / "out"))
+    assert sum(int(n) for n in re.findall(r"skipped (\d+) of", result.stderr)) == 3  # over train and held-out
+    assert len(losses(tmp_path / "out" / "eager")) == 2
 
 
 def test_a_failing_implementation_is_reported_and_the_others_finish(tmp_path):

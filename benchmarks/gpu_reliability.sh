@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One device call for issue 6's evidence: the validation spec and a large hypothesis search across every name,
+# threads and torch.compile, the tracer and registry tests, and the model matrix in bf16 and fp32.
+set -uo pipefail
+OUT=${OUT:-benchmarks/results/local}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/setup.txt" 2>&1
+python3 -c "import torch, triton, transformers; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" > "$OUT/versions.txt" 2>&1
+cat "$OUT/versions.txt"
+HF_SDPA_HYPOTHESIS_EXAMPLES=${EXAMPLES:-300} timeout 280 python3 -m pytest -q -n 8 -p no:cacheprovider -rs \
+  --hypothesis-show-statistics tests/test_validation.py > "$OUT/tests_validation_gpu.txt" 2>&1
+tail -n 3 "$OUT/tests_validation_gpu.txt"
+timeout 150 python3 -m pytest -q -n 6 -p no:cacheprovider -rs tests/test_threads_compile.py tests/test_trace.py \
+  tests/test_registry.py > "$OUT/tests_threads_compile_trace_registry_gpu.txt" 2>&1
+tail -n 2 "$OUT/tests_threads_compile_trace_registry_gpu.txt"
+for dt in bfloat16 float32; do
+  HF_SDPA_TEST_DTYPE=$dt timeout 100 python3 -m pytest -q -n 6 -p no:cacheprovider -rs tests/test_models.py \
+    > "$OUT/tests_models_gpu_$dt.txt" 2>&1
+  tail -n 1 "$OUT/tests_models_gpu_$dt.txt"
+done
+(cd "$OUT" && tar czf ../results.tgz . && rm -rf ./* && mv ../results.tgz .)

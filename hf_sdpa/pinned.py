@@ -125,6 +125,8 @@ def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tens
         refuse(problems)
     if 0 in (q.shape[0], q.shape[2], k.shape[2]):
         return q.new_zeros(q.shape[:3] + v.shape[3:])
+    if backend == SDPBackend.FLASH_ATTENTION and mask is not None:
+        mask, is_causal = _plain_mask_as_flag(mask, q.shape[2], k.shape[2], is_causal)
     with _LOCK:
         how = choose(backend, q, k, v, mask, dropout, is_causal, scale)
         if not how.ok:
@@ -132,8 +134,29 @@ def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tens
         if how.repeated_kv is not None:
             k, v = how.repeated_kv
         with sdpa_kernel([backend]):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
-                                                  scale=scale, enable_gqa=how.enable_gqa)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                                 scale=scale, enable_gqa=how.enable_gqa)
+    if mask is not None:  # cuDNN returns garbage for a query that sees no key; the reference gives zeros
+        out = out.masked_fill(_rows_without_keys(mask), 0.0)
+    return out
+
+
+def _rows_without_keys(mask: torch.Tensor) -> torch.Tensor:
+    """(..., q_len, 1) True where a query row attends no key under a bool or additive float mask."""
+    keep = mask if mask.dtype == torch.bool else mask > float("-inf")
+    return ~keep.any(-1, keepdim=True)
+
+
+def _plain_mask_as_flag(mask, q_len, kv_len, is_causal):
+    """FlashAttention-2 takes no mask, but Transformers hands over a 4-D mask whenever it cannot skip it (under
+    torch.compile, for one): a bool mask that is all True, or exactly top-left causal, becomes the flag."""
+    if mask.dtype != torch.bool or is_causal:
+        return mask, is_causal
+    if bool(mask.all()):
+        return None, False
+    if q_len == kv_len and bool((mask == torch.ones(q_len, kv_len, dtype=torch.bool, device=mask.device).tril()).all()):
+        return None, True
+    return mask, is_causal
 
 
 def transformers_causal_flag(module, query, key, value, attention_mask, is_causal: Optional[bool]):

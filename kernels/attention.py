@@ -5,9 +5,9 @@ from typing import Optional
 import torch
 
 from ..errors import AttentionRefused
-from .config import interpreting
+from .config import DECODE_MAX_QUERIES, DECODE_MAX_ROWS, DECODE_MIN_KEYS, interpreting
 from .autocast import autocast_inputs
-from .ops import Pattern, TritonAttention
+from .ops import Pattern, TritonAttention, run_decode
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -113,7 +113,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               scale: Optional[float] = None, key_padding_mask: Optional[torch.Tensor] = None,
               position_ids: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
               window: Optional[int] = None, softcap: Optional[float] = None, dropout_p: float = 0.0,
-              seed: Optional[int] = None) -> torch.Tensor:
+              seed: Optional[int] = None, split_kv: Optional[bool] = None) -> torch.Tensor:
     """Scaled dot-product attention with FlashAttention's memory use, forward and backward.
 
     q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, kv_len, head_dim), heads a multiple of kv_heads
@@ -127,6 +127,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     window: keys within `window` positions of the diagonal (Mistral / Gemma / Qwen2 sliding window).
     softcap: scores become softcap * tanh(scores / softcap) (Gemma2). scale defaults to head_dim ** -0.5.
     dropout_p, seed: dropout on the probabilities; the same seed gives the same pattern (see dropout_keep_mask).
+    split_kv: the split-KV decode path (few queries, a long cache, no gradient); None chooses it when it pays.
     """
     q, k, v = autocast_inputs(q, k, v)
     check_inputs(q, k, v, causal=causal, key_padding_mask=key_padding_mask, position_ids=position_ids,
@@ -157,4 +158,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
                       softcap=None if softcap is None else float(softcap),
                       scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
                       dropout_p=float(dropout_p), seed=int(seed or 0))
+    decodable = _decodable(q, k, v, dropout_p, doc_start)
+    if split_kv and decodable is not True:
+        _refuse(f"split_kv=True needs {decodable}.", "Leave split_kv=None to choose automatically.")
+    if split_kv or (split_kv is None and decodable is True and SKV >= DECODE_MIN_KEYS):
+        return run_decode(q, k, v, pattern)
     return TritonAttention.apply(q, k, v, pattern)
+
+
+def _decodable(q, k, v, dropout_p, doc_start):
+    """True when the split-KV decode path can run this input, else what it lacks."""
+    sq, group = q.shape[2], q.shape[1] // k.shape[1]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return "no gradient (it has no backward pass)"
+    if sq > DECODE_MAX_QUERIES or sq * group > DECODE_MAX_ROWS:
+        return f"q_len <= {DECODE_MAX_QUERIES} and q_len * GQA group <= {DECODE_MAX_ROWS}"
+    if dropout_p > 0 or doc_start is not None:
+        return "no dropout and no packed documents"
+    return True

@@ -59,3 +59,24 @@ def dq_config(block_d: int, fp32: bool) -> LaunchConfig:
     if block_d <= 128:
         return LaunchConfig(128, 32, 8, 3)
     return LaunchConfig(128, 32, 8, 2)  # tuned on an H100 with dkdv above
+
+
+def decode_config(block_d: int, fp32: bool, rows: int) -> LaunchConfig:
+    """Split-KV decode: block_m holds the packed GQA group's query rows (at least 16 for tl.dot)."""
+    block_m = max(16, 1 << (rows - 1).bit_length())
+    if interpreting():
+        return LaunchConfig(block_m, 16, 1, 1)
+    block_n = 32 if (block_d > 128 or fp32) else 64
+    return LaunchConfig(block_m, block_n, 4, 3 if block_d <= 128 else 2)
+
+
+DECODE_MAX_QUERIES = 16   # q_len at most this ...
+DECODE_MAX_ROWS = 64      # ... and q_len * GQA group at most this, packed into one block
+DECODE_MIN_KEYS = 512     # below this one block per head is enough
+
+
+def decode_splits(programs: int, kv_len: int, block_n: int, multiprocessors: int) -> int:
+    """Chunks of the cache per (batch, kv head): about two programs per multiprocessor, each chunk at least
+    four key blocks long (one under the interpreter, so that tests see many chunks)."""
+    most = max(1, kv_len // ((1 if interpreting() else 4) * block_n))
+    return max(1, min(most, -(-2 * multiprocessors // programs)))

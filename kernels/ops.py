@@ -6,7 +6,8 @@ import torch
 import triton
 
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, delta_kernel
-from .config import dkdv_config, dq_config, forward_config, head_block
+from .config import decode_config, decode_splits, dkdv_config, dq_config, forward_config, head_block, interpreting
+from .decode import attention_decode_merge_kernel, attention_decode_split_kernel
 from .forward import attention_fwd_kernel
 from .tiles import LOG2E, dropout_mask_kernel
 
@@ -78,6 +79,37 @@ def run_forward(q, k, v, p: Pattern):
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
+
+
+def run_decode(q, k, v, p: Pattern):
+    """Split-KV forward for few queries against a long cache (no dropout, no packing, no gradient)."""
+    B, H, SQ, D = q.shape
+    HK, SKV = k.shape[1], k.shape[2]
+    group = H // HK
+    block_d = head_block(D)
+    cfg = decode_config(block_d, q.dtype == torch.float32, group * SQ)
+    sms = 16 if interpreting() else torch.cuda.get_device_properties(q.device).multi_processor_count
+    splits = decode_splits(B * HK, SKV, cfg.block_n, sms)
+    chunk = triton.cdiv(triton.cdiv(SKV, splits), cfg.block_n) * cfg.block_n
+    splits = triton.cdiv(SKV, chunk)
+    o_part = torch.empty(B * HK, splits, cfg.block_m, block_d, dtype=torch.float32, device=q.device)
+    lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
+    out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
+        _pattern_args(p, q.dtype)
+    _announce("attention_decode_split_kernel", cfg, splits=splits)
+    attention_decode_split_kernel[(splits, B * HK)](
+        q, k, v, o_part, lse_part, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap, window, chunk,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), s_keep, HK, group, SQ, SKV,
+        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=flags["CAUSAL"],
+        HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], SOFTCAP=flags["SOFTCAP"],
+        DOT_PRECISION=flags["DOT_PRECISION"], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _announce("attention_decode_merge_kernel", splits=splits)
+    attention_decode_merge_kernel[(B * HK,)](
+        o_part, lse_part, out, out.stride(0), out.stride(1), out.stride(2), HK, group, SQ, splits,
+        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m)
+    return out
 
 
 def run_backward(q, k, v, out, lse, do, p: Pattern):

@@ -247,3 +247,52 @@ def test_gpu_offsets_past_2_31_elements():
     keep = pattern_mask(1, s, s, causal=True, device="cuda")
     ref = attention_ref(q[last, :2], k[last, :2], v[last, :2], keep, dtype=torch.float32)
     assert (out[last, :2].float() - ref).abs().max().item() < 2e-2
+
+
+DECODE_CASES = [
+    # b, h, hk, sq, skv, d, options: few queries against a longer cache, as generate() sends them
+    (2, 4, 1, 1, 100, 64, dict(causal=True, padding="left")),   # MQA
+    (2, 8, 2, 1, 257, 32, dict(causal=True)),                   # GQA 4, several chunks
+    (2, 4, 2, 4, 90, 40, dict(causal=True, window=30, padding="holes")),
+    (1, 2, 2, 16, 130, 128, dict(causal=True, softcap=20.0)),   # a 16-token chunked step
+    (3, 2, 1, 3, 64, 16, dict(padding="right")),                # bidirectional (cross-attention)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
+def test_split_kv_decode(case, dtype):
+    b, h, hk, sq, skv, d, opts = case
+    q = torch.randn(b, h, sq, d, device=DEVICE, dtype=dtype)
+    k, v = (torch.randn(b, hk, skv, d, device=DEVICE, dtype=dtype) for _ in range(2))
+    pad = make_padding(opts.get("padding"), b, skv, DEVICE)
+    if pad is not None:
+        pad[-1, :] = False  # one sequence with no key at all: zeros
+    kwargs = dict(causal=opts.get("causal", False), key_padding_mask=pad, window=opts.get("window"),
+                  softcap=opts.get("softcap"))
+    out = attention(q, k, v, split_kv=True, **kwargs)
+    keep = pattern_mask(b, sq, skv, causal=kwargs["causal"], padding=pad, window=kwargs["window"], device=DEVICE)
+    ref = attention_ref(q, k, v, keep, softcap=kwargs["softcap"])
+    low = attention_ref(q, k, v, keep, softcap=kwargs["softcap"], dtype=dtype)
+    assert out.shape == q.shape
+    assert_within("out", out, ref, low, dtype)
+    if pad is not None:
+        assert (out[-1] == 0).all()
+
+
+def test_decode_path_is_chosen_for_a_long_cache_without_gradients():
+    from hf_sdpa.kernels import ops
+    launched = []
+    ops.LAUNCH_HOOKS.append(lambda kernel, info: launched.append(kernel))
+    try:
+        q = torch.randn(1, 4, 1, 32, device=DEVICE, dtype=torch.float16)
+        k, v = (torch.randn(1, 2, 600, 32, device=DEVICE, dtype=torch.float16) for _ in range(2))
+        attention(q, k, v, causal=True)
+        assert launched == ["attention_decode_split_kernel", "attention_decode_merge_kernel"]
+        launched.clear()
+        attention(q.requires_grad_(), k, v, causal=True)  # a gradient needs the regular kernel
+        assert launched == ["attention_fwd_kernel"]
+        with pytest.raises(AttentionRefused, match="no gradient"):
+            attention(q, k, v, causal=True, split_kv=True)
+    finally:
+        ops.LAUNCH_HOOKS.clear()

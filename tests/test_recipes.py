@@ -85,12 +85,14 @@ def test_compare_report(tmp_path):
 
 
 def test_distributed_and_accumulation_follow_the_one_process_curve(tmp_path):
-    """Global batch 4 as 1 process x 4, 2 processes x 2 (DDP over gloo) and 1 x 2 with accumulation 2."""
+    """Global batch 4 as 1 process x 4, 2 processes x 2 (DDP over gloo) and 1 x 2 with accumulation 2 (and
+    gradient checkpointing, which must not change the curve either)."""
     common = [*TINY, "--attn", "sdpa_math", "--steps", "4", "--save-every", "4"]
     run("finetune.py", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "one"))
     run("finetune.py", *common, "--batch-size", "2", "--output-dir", str(tmp_path / "ddp"),
         launch=["--config_file", str(RECIPES / "configs" / "cpu_ddp.yaml")])
-    run("finetune.py", *common, "--batch-size", "2", "--grad-accum", "2", "--output-dir", str(tmp_path / "acc"))
+    run("finetune.py", *common, "--batch-size", "2", "--grad-accum", "2", "--gradient-checkpointing",
+        "--output-dir", str(tmp_path / "acc"))
     one = losses(tmp_path / "one" / "sdpa_math")
     result = json.loads((tmp_path / "ddp" / "sdpa_math" / "result.json").read_text())
     assert result["processes"] == 2 and result["global_batch"] == 4

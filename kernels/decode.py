@@ -1,0 +1,107 @@
+"""Split-KV decode: few queries (a generate() step, q_len 1 to 16) against a long KV cache.
+
+One query block cannot keep a GPU busy when there are only batch * heads of them, and a decode step is
+bound by reading the cache. So the cache is cut into chunks: one program per (chunk, batch * kv head) reads
+its chunk once for every query head of the GQA group at the same time (the group's rows are packed into
+one block), and writes a partial result with its log-sum-exp; a second kernel merges the chunks. Forward
+only: a step that needs gradients takes the regular kernel.
+"""
+import triton
+import triton.language as tl
+
+from .forward import _fwd_blocks
+from .tiles import key_bounds, split_phases
+
+
+@triton.jit
+def attention_decode_split_kernel(
+        Q, K, V, OPart, LsePart, KvLo, KvHi, Holes, KeyKeep,
+        qk_scale, sm_scale, softcap, window, chunk,
+        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+        stride_keep_b, HK, GROUP, SQ, SKV,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, SOFTCAP: tl.constexpr,
+        DOT_PRECISION: tl.constexpr):
+    split = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // HK
+    hk = bhk % HK
+    # Packed rows: row r is query i = r % SQ of head hk * GROUP + r // SQ; rows past the group are idle.
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < GROUP * SQ
+    h = hk * GROUP + rows // SQ
+    q_idx = tl.where(row_ok, rows % SQ, SQ)  # an idle row gets an index the mask rejects
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h[:, None].to(tl.int64) * stride_qh + q_idx[:, None] * stride_qm
+              + offs_d[None, :])
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
+
+    # The keys the queries see (every query of the block is one of rows 0..SQ-1), cut to this chunk.
+    lo, hi, full_lo, full_hi = key_bounds(b, 0, SQ, SKV, KvLo, KvHi, Holes, KvLo, 0, window,
+                                          BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, False)
+    lo = tl.maximum(lo, split * chunk)
+    hi = tl.minimum(hi, (split + 1) * chunk)
+    n_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_N)
+    kv_lo = tl.load(KvLo + b)
+    kv_hi = tl.load(KvHi + b)
+    no_doc = tl.zeros([BLOCK_M], tl.int32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if lo < hi:
+        for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
+            if phase == 0:
+                begin, end = n_start, mid_lo
+            elif phase == 1:
+                begin, end = mid_lo, mid_hi
+            else:
+                begin, end = mid_hi, hi
+            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, q_idx, offs_d,
+                                        begin, end, bhk, SQ, SKV, kv_lo, kv_hi, window, keep_base, no_doc,
+                                        qk_scale, sm_scale, softcap, 0.0, 0, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                        phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, False, SOFTCAP, False,
+                                        DOT_PRECISION)
+    empty = l_i == 0.0
+    part = bhk.to(tl.int64) * tl.num_programs(0) + split
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    tl.store(OPart + part * BLOCK_M * BLOCK_D + rows[:, None] * BLOCK_D + offs_d[None, :], out)
+    # -inf: this chunk holds no key for the row and adds nothing when the chunks are merged
+    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    tl.store(LsePart + part * BLOCK_M + rows, lse)
+
+
+@triton.jit
+def attention_decode_merge_kernel(
+        OPart, LsePart, O, stride_ob, stride_oh, stride_om, HK, GROUP, SQ, NSPLIT,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Weights each chunk's result by its share of the softmax mass: an online softmax over chunks."""
+    bhk = tl.program_id(0)
+    b = bhk // HK
+    hk = bhk % HK
+    rows = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for split in range(0, NSPLIT):
+        part = bhk.to(tl.int64) * NSPLIT + split
+        lse = tl.load(LsePart + part * BLOCK_M + rows)
+        out = tl.load(OPart + part * BLOCK_M * BLOCK_D + rows[:, None] * BLOCK_D + offs_d[None, :])
+        m_new = tl.maximum(m_i, lse)
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_ref)
+        w = tl.math.exp2(lse - m_ref)
+        acc = acc * alpha[:, None] + w[:, None] * out
+        l_i = l_i * alpha + w
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # a row with no key anywhere: zeros
+    row_ok = rows < GROUP * SQ
+    h = hk * GROUP + rows // SQ
+    q_idx = rows % SQ
+    o_ptrs = (O + b.to(tl.int64) * stride_ob + h[:, None].to(tl.int64) * stride_oh + q_idx[:, None] * stride_om
+              + offs_d[None, :])
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))

@@ -29,6 +29,11 @@ def _kernels(by_phase: dict) -> str:
                      for phase, ks in by_phase.items() if not phase.startswith("forward (")) or "n/a"
 
 
+def _one_line(text: str) -> str:
+    """Generated text inside one Markdown code span: line breaks shown as a return sign, backticks as quotes."""
+    return " \u23ce ".join(line.strip() for line in text.strip().split("\n")).replace("`", "'")
+
+
 def curve_gap(runs: dict, name: str, reference: str) -> float | None:
     """The largest |loss - reference loss| over the steps both ran."""
     a, b = runs[name].get("losses"), runs[reference].get("losses")
@@ -58,7 +63,7 @@ def markdown(result: dict) -> str:
     ev = result["evaluation"]
     lines += ["", f"## Evaluation of the `{ref}`-trained model with each implementation", "",
               format_table(ev), "", "## Greedy generations (eager)", ""]
-    lines += [f"- `{p}` -> `{g.strip()}`" for p, g in zip(ev["prompts"], ev["eager_generations"])]
+    lines += [f"- `{_one_line(p)}` -> `{_one_line(g)}`" for p, g in zip(ev["prompts"], ev["eager_generations"])]
     if not s["device"].startswith("cpu"):
         memory = "Peak memory: the CUDA allocator's peak during the phase."
     else:

@@ -66,9 +66,11 @@ class Call:
     mask: str = "none"
     ops: set = field(default_factory=set)
     launches: list = field(default_factory=list)  # our Triton kernels: "name(BLOCK_M=..., ...)"
-    start: object = None
+    start: object = None            # a CUDA event or a perf_counter() reading
     end: object = None
     ms: Optional[float] = None
+    device: Optional[torch.device] = None
+    mode: Optional[TorchDispatchMode] = None  # watching the ops while the forward scope is open
 
     @property
     def kernel(self) -> str:

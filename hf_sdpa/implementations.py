@@ -9,6 +9,10 @@ from .errors import AttentionRefused
 from .inputs import AttentionInput
 
 
+_NO_DENSE_MASK = ("it takes a 2-D key padding mask (padding=...), not a 4-D mask; use sdpa_math or eager for an "
+                  "arbitrary mask.")
+
+
 @dataclass(frozen=True)
 class Implementation:
     name: str
@@ -27,6 +31,8 @@ class Implementation:
         """Why this implementation cannot run `inp` ([] when it can)."""
         if self.backend is None:
             from .kernels import check_inputs
+            if inp.dense_mask is not None:
+                return [_NO_DENSE_MASK]
             try:
                 check_inputs(inp.query, inp.key, inp.value, causal=inp.causal, key_padding_mask=inp.padding,
                              window=inp.window, softcap=inp.softcap, dropout_p=inp.dropout)
@@ -45,6 +51,8 @@ class Implementation:
         """Attention over `inp`, (B, Hq, Sq, D), or AttentionRefused."""
         if self.backend is None:
             from .kernels import attention
+            if inp.dense_mask is not None:
+                raise refusal(self.name, inp, [_NO_DENSE_MASK])
             try:
                 return attention(inp.query, inp.key, inp.value, causal=inp.causal, scale=inp.scale,
                                  key_padding_mask=inp.padding, window=inp.window, softcap=inp.softcap,

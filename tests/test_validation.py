@@ -95,6 +95,19 @@ def test_wrong_padding_mask_is_refused(name):
         assert status == "refused", text
 
 
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_wrong_4d_mask_is_refused(name):
+    q, k, v = qkv()
+    for mask in (torch.ones(2, 1, 24, 23, dtype=torch.bool, device=DEVICE),   # kv_len does not match
+                 torch.ones(2, 1, 24, 24, dtype=torch.int32, device=DEVICE)):  # neither bool nor float
+        status, text = outcome(name, AttentionInput(q, k, v, dense_mask=mask))
+        assert status == "refused", text
+    if name == "triton_attention":  # a well-formed 4-D mask too: it takes 2-D padding only, never ignores one
+        status, text = outcome(name, AttentionInput(q, k, v, dense_mask=torch.ones(2, 1, 24, 24, dtype=torch.bool,
+                                                                                     device=DEVICE)))
+        assert status == "refused" and "4-D" in text, text
+
+
 @pytest.mark.skipif(not HAS_GPU, reason="needs two devices")
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_device_mismatch_is_refused(name):
@@ -192,10 +205,13 @@ def test_random_inputs_across_every_name(data):
                       "dtype")
     causal = data.draw(st.booleans(), "causal")
     window = data.draw(st.one_of(st.none(), st.integers(1, 48)), "window") if causal else None
-    transposed = data.draw(st.booleans(), "transposed views")
-    if transposed:  # Transformers' layout: (B, S, H, D) storage seen as (B, H, S, D)
+    layout = data.draw(st.sampled_from(["contiguous", "transposed", "sliced"]), "layout")
+    if layout == "transposed":  # Transformers' layout: (B, S, H, D) storage seen as (B, H, S, D)
         q = rand(b, sq, h, d, dtype=dtype).transpose(1, 2)
         k, v = (rand(b, skv, hk, d, dtype=dtype).transpose(1, 2) for _ in range(2))
+    elif layout == "sliced":  # views into larger buffers: a fused QKV projection's slices
+        q = rand(b, h, sq + 3, d + 8, dtype=dtype)[:, :, 2:sq + 2, :d]
+        k, v = (rand(b, hk, skv, 2 * d, dtype=dtype)[..., i * d:(i + 1) * d] for i in range(2))
     else:
         q, k, v = rand(b, h, sq, d, dtype=dtype), rand(b, hk, skv, d, dtype=dtype), rand(b, hk, skv, d, dtype=dtype)
     padding = None

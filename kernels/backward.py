@@ -14,7 +14,7 @@ where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is
 import triton
 import triton.language as tl
 
-from .tiles import dropout_keep, key_bounds, logits, query_bounds, split_phases, tile_mask
+from .tiles import dropout_keep, key_bounds, logits, phase_bounds, query_bounds, split_phases, tile_mask
 
 
 @triton.jit
@@ -130,12 +130,7 @@ def attention_bwd_dkdv_kernel(
         lse_base = Lse + bh.to(tl.int64) * SQ
         delta_base = Delta + bh.to(tl.int64) * SQ
         for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
-            if phase == 0:
-                begin, end = m_start, mid_lo
-            elif phase == 1:
-                begin, end = mid_lo, mid_hi
-            else:
-                begin, end = mid_hi, hi
+            begin, end = phase_bounds(phase, m_start, mid_lo, mid_hi, hi)
             dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
                                   offs_n, offs_d, begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
                                   qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M,
@@ -232,12 +227,7 @@ def attention_bwd_dq_kernel(
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
-        if phase == 0:
-            begin, end = n_start, mid_lo
-        elif phase == 1:
-            begin, end = mid_lo, mid_hi
-        else:
-            begin, end = mid_hi, hi
+        begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
         dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, begin, end,
                         bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, qk_scale, sm_scale, softcap,
                         dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES,

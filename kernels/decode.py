@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .forward import _fwd_blocks
-from .tiles import key_bounds, split_phases
+from .tiles import key_bounds, phase_bounds, split_phases
 
 
 @triton.jit
@@ -54,12 +54,7 @@ def attention_decode_split_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if lo < hi:
         for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
-            if phase == 0:
-                begin, end = n_start, mid_lo
-            elif phase == 1:
-                begin, end = mid_lo, mid_hi
-            else:
-                begin, end = mid_hi, hi
+            begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
             acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, q_idx, offs_d,
                                         begin, end, bhk, SQ, SKV, kv_lo, kv_hi, window, keep_base, no_doc,
                                         qk_scale, sm_scale, softcap, 0.0, 0, HEAD_DIM, BLOCK_D, BLOCK_N,

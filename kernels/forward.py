@@ -7,7 +7,7 @@ output and the row log-sum-exp (log2 units; +inf for a row that sees no key) for
 import triton
 import triton.language as tl
 
-from .tiles import dropout_keep, key_bounds, logits, split_phases, tile_mask
+from .tiles import dropout_keep, key_bounds, logits, phase_bounds, split_phases, tile_mask
 
 
 @triton.jit
@@ -94,12 +94,7 @@ def attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
-        if phase == 0:
-            begin, end = n_start, mid_lo
-        elif phase == 1:
-            begin, end = mid_lo, mid_hi
-        else:
-            begin, end = mid_hi, hi
+        begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
                                     begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                                     qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N,

@@ -28,6 +28,20 @@ def split_phases(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def phase_bounds(phase: tl.constexpr, start, mid_lo, mid_hi, hi):
+    """The blocks [begin, end) of phase 0 (masked edge), 1 (unmasked middle) or 2 (masked edge)."""
+    begin = start
+    end = mid_lo
+    if phase == 1:
+        begin = mid_lo
+        end = mid_hi
+    if phase == 2:
+        begin = mid_hi
+        end = hi
+    return begin, end
+
+
+@triton.jit
 def key_bounds(b, start_m, SQ, SKV, KvLo, KvHi, Holes, DocStart, stride_doc_b, window,
                BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):

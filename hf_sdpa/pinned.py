@@ -98,6 +98,11 @@ def choose(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
     problems = input_problems(q, k, v, mask, dropout)
     if problems:
         return Dispatch(False, reasons=problems)
+    return _dispatch(backend, q, k, v, mask, dropout, is_causal, scale)
+
+
+def _dispatch(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
+    """choose() for inputs already cast and validated."""
     if backend in CUDA_ONLY and q.device.type != "cuda":
         return Dispatch(False, reasons=[f"{backend.name} has kernels for CUDA devices only; this input is on "
                                         f"{q.device.type}."])
@@ -128,7 +133,7 @@ def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tens
     if backend == SDPBackend.FLASH_ATTENTION and mask is not None:
         mask, is_causal = _plain_mask_as_flag(mask, q.shape[2], k.shape[2], is_causal)
     with _LOCK:
-        how = choose(backend, q, k, v, mask, dropout, is_causal, scale)
+        how = _dispatch(backend, q, k, v, mask, dropout, is_causal, scale)
         if not how.ok:
             refuse(how.reasons)
         if how.repeated_kv is not None:
@@ -136,7 +141,8 @@ def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tens
         with sdpa_kernel([backend]):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
                                                  scale=scale, enable_gqa=how.enable_gqa)
-    if mask is not None:  # cuDNN returns garbage for a query that sees no key; the reference gives zeros
+    if mask is not None and backend == SDPBackend.CUDNN_ATTENTION:
+        # cuDNN returns garbage for a query that sees no key (H100, cuDNN 9.19); the reference gives zeros
         out = out.masked_fill(_rows_without_keys(mask), 0.0)
     return out
 

@@ -158,6 +158,23 @@ def test_bad_input_stops_before_training(tmp_path, bad, message):
     assert (out / "eager" / "metrics.jsonl").read_text() == "earlier run\n"  # nothing written is lost
 
 
+def test_a_saved_model_is_evaluated_and_fine_tuned_on_local_text(tmp_path):
+    """The non-embedded paths: evaluate.py on a model folder (its own tokenizer), finetune.py from that folder
+    on a local .txt file."""
+    run("finetune.py", *TINY, "--attn", "eager", "--steps", "2", "--batch-size", "2", "--output-dir", str(tmp_path))
+    model = str(tmp_path / "eager" / "model")
+    run("evaluate.py", "--model", model, "--attn", "eager,sdpa_math", "--seq-len", "32", "--batch-size", "2",
+        "--eval-batches", "1", "--prompts", "2", "--new-tokens", "3", "--output-dir", str(tmp_path / "eval"))
+    rows = {r["name"]: r for r in json.loads((tmp_path / "eval" / "evaluation.json").read_text())["rows"]}
+    assert rows["sdpa_math"]["generations_matching"] == 2
+    assert rows["sdpa_math"]["perplexity"] == pytest.approx(rows["eager"]["perplexity"], rel=1e-5)
+    text = tmp_path / "notes.txt"
+    text.write_text("".join(f"line {i} of a small local text file, with a few more words.\n" for i in range(40)))
+    run("finetune.py", "--model", model, "--dataset", str(text), "--seq-len", "32", "--attn", "sdpa_math",
+        "--steps", "2", "--batch-size", "2", "--output-dir", str(tmp_path / "again"))
+    assert len(losses(tmp_path / "again" / "sdpa_math")) == 2
+
+
 def test_rows_without_text_are_skipped_and_counted(tmp_path):
     data = tmp_path / "data.jsonl"
     rows = [{"text": f"sentence number {i} of a small corpus. " * 8} for i in range(30)]

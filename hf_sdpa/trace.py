@@ -20,7 +20,8 @@ is measured from scope to scope: CUDA events on the GPU, wall time on the CPU.
 Under torch.compile: while the trace is active, the forward attention calls run eagerly between compiled
 graphs (the dispatch mode breaks the graph there), so the trace shows the kernels the eager code picks; the
 backward pass is compiled with the graph and is not seen. After the block the model compiles as before.
-Trace an uncompiled step to see the backward.
+Trace an uncompiled step to see the backward. One trace at a time, from one thread: the open scope is
+the trace's, not the thread's.
 """
 import json
 import sys

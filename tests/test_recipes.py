@@ -99,6 +99,12 @@ def test_distributed_and_accumulation_follow_the_one_process_curve(tmp_path):
     assert len(one) == 4 and len(set(one)) == 4
     assert losses(tmp_path / "ddp" / "sdpa_math") == pytest.approx(one, rel=1e-5)
     assert losses(tmp_path / "acc" / "sdpa_math") == pytest.approx(one, rel=1e-5)
+    # The multi-GPU report reads the same folders (benchmarks/scaling.py).
+    sys.path.insert(0, str(RECIPES.parent / "benchmarks"))
+    import scaling
+    rows = scaling.compare({k: tmp_path / k for k in ("one", "ddp", "acc")})
+    assert [(r["run"], r["processes"]) for r in rows] == [("one", 1), ("ddp", 2), ("acc", 1)]
+    assert all(r["largest_loss_gap"] < 1e-4 and r["tokens_per_s"] > 0 for r in rows)
 
 
 def test_packed_rows_keep_documents_apart_with_every_implementation(tmp_path):

@@ -1,0 +1,125 @@
+"""End to end: a Llama-style model built from a config (random weights) trained and decoding with each name.
+
+Training: forward + backward + AdamW step in bf16 on full rows (no padding), tokens/s (median of the timed
+steps). Decoding: generate() of --new-tokens tokens for a batch of prompts (greedy, dynamic cache), new
+tokens/s. Issue 4's bar: triton_attention at least as fast as the fastest sdpa_* name in both.
+
+    python benchmarks/e2e_bench.py --size 1b --out benchmarks/results/local     # the device (about 1.1B params)
+    python benchmarks/e2e_bench.py --size tiny --names sdpa_math,sdpa_fa2       # a smoke run on a CPU
+"""
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import hf_sdpa
+from hf_sdpa.errors import AttentionRefused
+
+SIZES = {
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=32000),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=256),
+}
+
+
+def now(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def model_for(size, name, device, dtype, positions):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(**SIZES[size], max_position_embeddings=positions)
+    model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    model.set_attn_implementation(name)
+    return model
+
+
+def train_rate(model, args, device):
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    model.train()
+    times = []
+    for step in range(args.warmup + args.steps):
+        t0 = now(device)
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= args.warmup:
+            times.append(now(device) - t0)
+    del optimizer
+    return args.batch * args.seq / statistics.median(times)
+
+
+def decode_rate(model, args, device):
+    prompts = torch.randint(0, model.config.vocab_size, (args.decode_batch, args.prompt), device=device)
+    model.eval()
+    rates = []
+    with torch.no_grad():
+        for attempt in range(2):  # the first compiles and warms up
+            t0 = now(device)
+            out = model.generate(prompts, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                 do_sample=False, pad_token_id=0)
+            rates.append(args.decode_batch * (out.shape[1] - args.prompt) / (now(device) - t0))
+    return rates[-1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="1b", choices=sorted(SIZES))
+    parser.add_argument("--names", default="sdpa," + ",".join(hf_sdpa.NAMES))
+    parser.add_argument("--seq", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--decode-batch", type=int, default=8)
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    rows = []
+    for name in args.names.split(","):
+        model = model_for(args.size, name, device, dtype, args.seq + args.new_tokens + args.prompt)
+        row = {"name": name, "params": sum(p.numel() for p in model.parameters())}
+        try:
+            row["train_tokens_per_s"] = train_rate(model, args, device)
+            row["decode_tokens_per_s"] = decode_rate(model, args, device)
+        except AttentionRefused as exc:
+            row["refused"] = " ".join(str(exc).split())[:300]
+        except torch.OutOfMemoryError:
+            row["failed"] = "out of memory"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    lines = [f"# End to end: Llama {args.size} ({rows[0]['params'] / 1e9:.2f}B params), {name}, {dtype}, "
+             f"torch {torch.__version__}", "",
+             f"Training: batch {args.batch} x {args.seq}, AdamW. Decoding: batch {args.decode_batch}, prompt "
+             f"{args.prompt}, {args.new_tokens} new tokens, greedy.", "",
+             "| implementation | train tokens/s | decode new tokens/s |", "|---|---|---|"]
+    for r in rows:
+        if "train_tokens_per_s" in r:
+            lines.append(f"| {r['name']} | {r['train_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.0f} |")
+        else:
+            lines.append(f"| {r['name']} | {r.get('refused') or r.get('failed')} | |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "e2e.json").write_text(json.dumps({"device": name, "args": vars(args), "rows": rows}, indent=1))
+        (out / "e2e.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()

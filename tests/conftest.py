@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HAS_GPU = torch.cuda.is_available()
 if not HAS_GPU:  # Triton kernels run through the interpreter on the CPU; must be set before they are defined
@@ -22,3 +23,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _fresh_seed():
     torch.manual_seed(torch.initial_seed() % (2 ** 31) + 1)
+
+
+class Ops(TorchDispatchMode):
+    """Records the aten ops one thread dispatches (dispatch modes are thread-local)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))

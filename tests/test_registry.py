@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 import hf_sdpa
-from conftest import HAS_GPU
+from conftest import HAS_GPU, Ops
 from hf_sdpa import IMPLEMENTATIONS, NAMES, AttentionInput, AttentionRefused
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,18 +32,6 @@ def test_kernels_is_not_a_top_level_module():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     import hf_sdpa.kernels
     assert hasattr(hf_sdpa.kernels, "attention")
-
-
-class Ops(TorchDispatchMode):
-    """Records the aten ops one thread dispatches (dispatch modes are thread-local)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen.add(str(func.overloadpacket.__name__))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.skipif(HAS_GPU, reason="CPU kernels named below")

@@ -7,9 +7,8 @@ import threading
 import pytest
 import torch
 import torch._dynamo
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import DEVICE, HAS_GPU
+from conftest import DEVICE, HAS_GPU, Ops
 from hf_sdpa.presets import embedded_model
 
 DTYPE = torch.float16 if HAS_GPU else torch.float32
@@ -23,18 +22,6 @@ SIGNATURES = {
 if HAS_GPU:
     SIGNATURES["sdpa_efficient"] = ("_scaled_dot_product_efficient_attention", {FLASH, "_safe_softmax"})
     SIGNATURES["sdpa_cudnn"] = ("_scaled_dot_product_cudnn_attention", {FLASH, "_safe_softmax"})
-
-
-class Ops(TorchDispatchMode):
-    """The aten ops one thread dispatches (dispatch modes are thread-local)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 def model_and_batch():

@@ -4,6 +4,7 @@ fixed global batches that every run, every implementation and every process coun
 import hashlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,10 @@ def trained_tokenizer(texts: list, vocab_size: int):
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         fast.save_pretrained(tmp)
-        os.replace(tmp, path) if not path.exists() else None
+        if path.exists():  # another process finished the same tokenizer first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, path)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 

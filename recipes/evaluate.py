@@ -36,8 +36,7 @@ def add_evaluation_options(p: argparse.ArgumentParser) -> argparse.ArgumentParse
 def held_out_batches(data, args) -> list:
     """The held-out documents as training saw its rows: packed (--packing) or one per row, right padded."""
     tok = data.tokenizer
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    rows = corpus.rows_from_docs(data.validation, args.seq_len, bos, tok.eos_token_id, packing=args.packing)
+    rows = corpus.rows_from_docs(data.validation, args.seq_len, data.bos, tok.eos_token_id, packing=args.packing)
     rows = rows[:args.eval_batches * args.batch_size]
     if not rows:
         raise corpus.DataError("the held-out split gave no rows; give more text or lower --seq-len.")
@@ -49,10 +48,7 @@ def prompt_batch(data, count: int) -> dict:
     """`count` prompts of growing length (the first 3, 6, 9, ... words of held-out documents), left padded."""
     texts = [t for t in data.validation_texts if len(t.split()) >= 3 * count][:count]
     prompts = [" ".join(t.split()[:3 * (i + 1)]) for i, t in enumerate(texts)]
-    tok, side = data.tokenizer, data.tokenizer.padding_side
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    tok.padding_side = side
+    enc = data.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     return {"prompts": prompts, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 

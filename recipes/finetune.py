@@ -104,8 +104,8 @@ class Data:
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
         tok = self.tokenizer
-        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        self.train_rows = corpus.rows_from_docs(corpus.tokenized(texts["train"], tok), args.seq_len, bos,
+        self.bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id  # what starts a document
+        self.train_rows = corpus.rows_from_docs(corpus.tokenized(texts["train"], tok), args.seq_len, self.bos,
                                                 tok.eos_token_id, args.packing)
         self.validation = corpus.tokenized(texts["validation"], tok)
         self.validation_texts = texts["validation"]

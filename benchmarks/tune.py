@@ -1,0 +1,145 @@
+"""Sweeps the launch configurations of the three passes for given shapes, next to sdpa_fa2 and sdpa_cudnn.
+
+    python benchmarks/tune.py --out DIR [--cases d256-mha-s8192-causal,...]
+
+Per case: the forward configurations timed on the forward alone, then the dK/dV configurations (with the
+current dQ one) and the dQ configurations (with the best dK/dV one) timed on forward+backward. Medians of
+triton.testing.do_bench; a configuration that does not compile or run is recorded with its error. Timing only:
+a configuration adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and tune.md.
+"""
+import argparse
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+from hf_sdpa.kernels import attention, ops
+from hf_sdpa.kernels.config import LaunchConfig
+
+FWD = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 4)],
+       128: [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 8, 4), (64, 128, 4, 2)],
+       256: [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3),
+             (128, 64, 8, 1)]}
+DKDV = {64: [(64, 128, 8, 3), (16, 64, 4, 2), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)],
+        128: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2), (32, 128, 8, 2)],
+        256: [(64, 64, 8, 1), (32, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2), (16, 64, 8, 3), (32, 64, 4, 2),
+              (64, 64, 4, 1), (128, 64, 8, 1), (64, 128, 8, 1)]}
+DQ = {64: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 4, 2)],
+      128: [(128, 32, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 4, 3)],
+      256: [(128, 32, 8, 2), (64, 32, 4, 2), (64, 64, 8, 1), (128, 64, 8, 1), (64, 32, 8, 3)]}
+
+DEFAULT_CASES = ("d64-mha-s512-causal,d64-mha-s512-full,d128-mha-s512-causal,d128-gqa-s512-causal,"
+                 "d256-mha-s512-causal,d256-gqa-s512-causal,d256-mha-s512-full,d256-gqa-s512-full,"
+                 "d256-mha-s2048-causal,d256-mha-s8192-causal,d256-mha-s8192-full,d256-gqa-s8192-full,"
+                 "d256-gqa-s16384-full")
+
+
+def parse_case(name):
+    d, heads, s, mode = name.split("-")
+    s = int(s[1:])
+    return dict(name=name, d=int(d[1:]), hk=32 if heads == "mha" else 8, s=s, b=max(1, 16384 // s),
+                causal=mode == "causal")
+
+
+def time_ms(fn, grads=()):
+    return do_bench(fn, warmup=10, rep=60, grad_to_none=list(grads), return_mode="median")
+
+
+def sweep(pass_name, candidates, run, grads):
+    rows = []
+    original = getattr(ops, pass_name)
+    for c in candidates:
+        cfg = LaunchConfig(*c)
+        setattr(ops, pass_name, lambda block_d, fp32, cfg=cfg: cfg)
+        try:
+            run()
+            torch.cuda.synchronize()
+            rows.append(dict(config=c, ms=time_ms(run, grads)))
+        except Exception as exc:  # out of shared memory or registers: not a candidate
+            rows.append(dict(config=c, error=f"{type(exc).__name__}: {str(exc)[:120]}"))
+        finally:
+            setattr(ops, pass_name, original)
+    return rows
+
+
+def best(rows):
+    ok = [r for r in rows if "ms" in r]
+    return min(ok, key=lambda r: r["ms"]) if ok else None
+
+
+def tune_case(case):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shape_q = (case["b"], 32, case["s"], case["d"])
+    shape_kv = (case["b"], case["hk"], case["s"], case["d"])
+    q = torch.randn(shape_q, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(shape_kv, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(shape_kv, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    dout = torch.randn_like(q)
+    causal = case["causal"]
+
+    def fwd():
+        with torch.no_grad():
+            attention(q, k, v, causal=causal)
+
+    def fwd_bwd():
+        attention(q, k, v, causal=causal).backward(dout)
+
+    result = dict(case)
+    for name, backend in (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+        def ref():
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+        with torch.no_grad():
+            result[f"{name}_fwd_ms"] = time_ms(ref)
+        result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
+    d = case["d"]
+    result["forward"] = sweep("forward_config", FWD[d], fwd, ())
+    result["dkdv"] = sweep("dkdv_config", DKDV[d], fwd_bwd, (q, k, v))
+    chosen = best(result["dkdv"])
+    original = ops.dkdv_config
+    if chosen:
+        ops.dkdv_config = lambda block_d, fp32, c=LaunchConfig(*chosen["config"]): c
+    try:
+        result["dq"] = sweep("dq_config", DQ[d], fwd_bwd, (q, k, v))
+    finally:
+        ops.dkdv_config = original
+    return result
+
+
+def summary_line(r):
+    bf, bk, bq = best(r["forward"]), best(r["dkdv"]), best(r["dq"])
+    cur_f, cur_b = r["forward"][0].get("ms"), r["dkdv"][0].get("ms")
+    return (f"| {r['name']} | {r['sdpa_fa2_fwd_ms']:.3f} | {r['sdpa_cudnn_fwd_ms']:.3f} | {cur_f:.3f} | "
+            f"{bf['ms']:.3f} {tuple(bf['config'])} | {r['sdpa_fa2_fwd_bwd_ms']:.3f} | {r['sdpa_cudnn_fwd_bwd_ms']:.3f} | "
+            f"{cur_b:.3f} | {bq['ms']:.3f} dkdv {tuple(bk['config'])} dq {tuple(bq['config'])} |")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="benchmarks/results/local")
+    p.add_argument("--cases", default=DEFAULT_CASES)
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    results = []
+    for name in a.cases.split(","):
+        results.append(tune_case(parse_case(name)))
+        print(json.dumps(results[-1]), flush=True)
+        torch.cuda.empty_cache()
+    with open(os.path.join(a.out, "tune.json"), "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name(), results=results), f, indent=1)
+    lines = [f"# Launch configuration sweep: {torch.cuda.get_device_name()}", "",
+             "bf16, 32 query heads, 16k tokens per batch; ms medians. 'current' is the first candidate (the table "
+             "in kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages).", "",
+             "| case | fa2 fwd | cudnn fwd | current fwd | best fwd | fa2 fwd+bwd | cudnn fwd+bwd | current fwd+bwd "
+             "| best fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [summary_line(r) for r in results]
+    with open(os.path.join(a.out, "tune.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -34,3 +34,20 @@ def attention_ref(q, k, v, keep, *, scale=None, softcap=None, dropout_keep=None,
     if dropout_keep is not None:
         p = p * dropout_keep.to(dtype) / (1 - dropout_p)
     return p @ v
+
+
+# A rounding epsilon per dtype (relative to the largest exact value), added to the 2x bound below.
+EPS = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def assert_within(name, ours, exact, same_precision, dtype):
+    """FlashAttention's convention: our error against the float64 result at most 2x the error of the math
+    composition in the same precision, plus a rounding epsilon. NaN must appear exactly where it does in exact."""
+    assert torch.equal(torch.isnan(ours), torch.isnan(exact)), f"{name}: NaN pattern differs from the reference"
+    finite = ~torch.isnan(exact)
+    if not finite.any():
+        return
+    err = (ours.double() - exact)[finite].abs().max().item()
+    base = (same_precision.double() - exact)[finite].abs().max().item()
+    eps = EPS[dtype] * max(1.0, exact[finite].abs().max().item())
+    assert err <= 2 * base + eps, f"{name}: error {err:.3g} > 2 x {base:.3g} (math in {dtype}) + {eps:.2g}"

@@ -13,28 +13,28 @@ import os
 
 import torch
 import torch.nn.functional as F
+import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
 from hf_sdpa.kernels import attention, ops
 from hf_sdpa.kernels.config import LaunchConfig
 
-FWD = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 4)],
-       128: [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 8, 4), (64, 128, 4, 2)],
-       256: [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3),
-             (128, 64, 8, 1)]}
-DKDV = {64: [(64, 128, 8, 3), (16, 64, 4, 2), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)],
-        128: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2), (32, 128, 8, 2)],
-        256: [(64, 64, 8, 1), (32, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2), (16, 64, 8, 3), (32, 64, 4, 2),
-              (64, 64, 4, 1), (128, 64, 8, 1), (64, 128, 8, 1)]}
-DQ = {64: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 4, 2)],
-      128: [(128, 32, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 4, 3)],
-      256: [(128, 32, 8, 2), (64, 32, 4, 2), (64, 64, 8, 1), (128, 64, 8, 1), (64, 32, 8, 3)]}
+# Candidates per head size, (block_m, block_n, warps, stages); the table's current choice is always added first.
+FWD = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
+       128: [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4), (64, 128, 4, 2)],
+       256: [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 4, 2)]}
+DKDV = {64: [(64, 128, 8, 3), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 3)],
+        128: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2)],
+        256: [(64, 64, 8, 1), (32, 32, 4, 2), (32, 32, 4, 3), (32, 32, 8, 2), (16, 32, 4, 2), (64, 32, 4, 2),
+              (64, 64, 8, 2), (32, 64, 8, 2)]}
+DQ = {64: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 2)],
+      128: [(128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
+      256: [(128, 32, 8, 2), (128, 32, 4, 2), (64, 32, 4, 3), (128, 64, 8, 1), (128, 32, 8, 3), (64, 64, 4, 2)]}
 
-DEFAULT_CASES = ("d64-mha-s512-causal,d64-mha-s512-full,d128-mha-s512-causal,d128-gqa-s512-causal,"
-                 "d256-mha-s512-causal,d256-gqa-s512-causal,d256-mha-s512-full,d256-gqa-s512-full,"
-                 "d256-mha-s2048-causal,d256-mha-s8192-causal,d256-mha-s8192-full,d256-gqa-s8192-full,"
-                 "d256-gqa-s16384-full")
+DEFAULT_CASES = ("d64-mha-s512-causal,d128-gqa-s1024-causal,d128-gqa-s2048-causal,d64-gqa-s8192-causal,"
+                 "d128-mha-s8192-full,d256-mha-s8192-causal,d256-gqa-s8192-full,d256-mha-s2048-full,"
+                 "d256-gqa-s512-causal")
 
 
 def parse_case(name):
@@ -48,12 +48,13 @@ def time_ms(fn, grads=()):
     return do_bench(fn, warmup=10, rep=60, grad_to_none=list(grads), return_mode="median")
 
 
-def sweep(pass_name, candidates, run, grads):
+def sweep(pass_name, current, candidates, run, grads):
     rows = []
     original = getattr(ops, pass_name)
-    for c in candidates:
+    current = (current.block_m, current.block_n, current.num_warps, current.num_stages)
+    for c in [current] + [c for c in candidates if c != current]:
         cfg = LaunchConfig(*c)
-        setattr(ops, pass_name, lambda block_d, fp32, cfg=cfg: cfg)
+        setattr(ops, pass_name, lambda *args, cfg=cfg: cfg)
         try:
             run()
             torch.cuda.synchronize()
@@ -95,15 +96,22 @@ def tune_case(case):
         with torch.no_grad():
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
-    d = case["d"]
-    result["forward"] = sweep("forward_config", FWD[d], fwd, ())
-    result["dkdv"] = sweep("dkdv_config", DKDV[d], fwd_bwd, (q, k, v))
+    d, s, group = case["d"], case["s"], 32 // case["hk"]
+    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s), FWD[d], fwd, ())
+    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, group), DKDV[d], fwd_bwd, (q, k, v))
     chosen = best(result["dkdv"])
     original = ops.dkdv_config
     if chosen:
-        ops.dkdv_config = lambda block_d, fp32, c=LaunchConfig(*chosen["config"]): c
+        ops.dkdv_config = lambda *args, c=LaunchConfig(*chosen["config"]): c
     try:
-        result["dq"] = sweep("dq_config", DQ[d], fwd_bwd, (q, k, v))
+        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s), DQ[d], fwd_bwd, (q, k, v))
+        if chosen:  # the same dK/dV kernel compiled without specializing GROUP == 1 (MHA takes GQA's code)
+            kernel = ops.attention_bwd_dkdv_kernel
+            ops.attention_bwd_dkdv_kernel = triton.jit(do_not_specialize=["GROUP"])(kernel.fn)
+            try:
+                result["dkdv_group_not_specialized_ms"] = time_ms(fwd_bwd, (q, k, v))
+            finally:
+                ops.attention_bwd_dkdv_kernel = kernel
     finally:
         ops.dkdv_config = original
     return result
@@ -114,7 +122,8 @@ def summary_line(r):
     cur_f, cur_b = r["forward"][0].get("ms"), r["dkdv"][0].get("ms")
     return (f"| {r['name']} | {r['sdpa_fa2_fwd_ms']:.3f} | {r['sdpa_cudnn_fwd_ms']:.3f} | {cur_f:.3f} | "
             f"{bf['ms']:.3f} {tuple(bf['config'])} | {r['sdpa_fa2_fwd_bwd_ms']:.3f} | {r['sdpa_cudnn_fwd_bwd_ms']:.3f} | "
-            f"{cur_b:.3f} | {bq['ms']:.3f} dkdv {tuple(bk['config'])} dq {tuple(bq['config'])} |")
+            f"{cur_b:.3f} | {bq['ms']:.3f} dkdv {tuple(bk['config'])} dq {tuple(bq['config'])} | "
+            f"{r.get('dkdv_group_not_specialized_ms', float('nan')):.3f} |")
 
 
 def main():
@@ -134,7 +143,7 @@ def main():
              "bf16, 32 query heads, 16k tokens per batch; ms medians. 'current' is the first candidate (the table "
              "in kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages).", "",
              "| case | fa2 fwd | cudnn fwd | current fwd | best fwd | fa2 fwd+bwd | cudnn fwd+bwd | current fwd+bwd "
-             "| best fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
+             "| best fwd+bwd | same, GROUP not specialized |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [summary_line(r) for r in results]
     with open(os.path.join(a.out, "tune.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -143,9 +143,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         kv_lo, kv_hi, holes = _key_range(key_padding_mask)
         key_keep = key_padding_mask.to(torch.int8).contiguous()
     else:
-        kv_lo = torch.zeros(B, dtype=torch.int32, device=q.device)
-        kv_hi = torch.full((B,), SKV, dtype=torch.int32, device=q.device)
-        holes = key_keep = None
+        kv_lo = kv_hi = holes = key_keep = None
     doc_start = None
     if position_ids is not None:
         doc_start = doc_starts_from_position_ids(position_ids.to(q.device), B)

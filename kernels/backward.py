@@ -14,7 +14,8 @@ where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is
 import triton
 import triton.language as tl
 
-from .tiles import dropout_keep, key_bounds, logits, phase_bounds, query_bounds, split_phases, tile_mask
+from .tiles import (dropout_keep, key_bounds, kv_range, logits, phase_bounds, query_bounds, split_phases,
+                    tile_mask)
 
 
 @triton.jit
@@ -96,8 +97,8 @@ def attention_bwd_dkdv_kernel(
         stride_keep_b, stride_doc_b,
         H, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-        SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
+        HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bhk = tl.program_id(1)
     HK = H // GROUP
@@ -113,9 +114,8 @@ def attention_bwd_dkdv_kernel(
     key_keep = 0
     if HAS_HOLES:
         key_keep = tl.load(KeyKeep + b.to(tl.int64) * stride_keep_b + offs_n, mask=offs_n < SKV, other=0)[:, None]
-    kv_lo = tl.load(KvLo + b)
-    kv_hi = tl.load(KvHi + b)
-    lo, hi, full_lo, full_hi = query_bounds(b, start_n, SQ, SKV, KvLo, KvHi, Holes, window,
+    kv_lo, kv_hi = kv_range(KvLo, KvHi, b, SKV, HAS_PADDING)
+    lo, hi, full_lo, full_hi = query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, window,
                                             BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
     m_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_M)
     doc_base = DocStart + b * stride_doc_b
@@ -196,8 +196,8 @@ def attention_bwd_dq_kernel(
         stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm, stride_keep_b, stride_doc_b,
         H, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-        SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
+        HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // H
@@ -219,11 +219,10 @@ def attention_bwd_dq_kernel(
     doc_rows = tl.zeros([BLOCK_M], tl.int32)
     if HAS_DOC:
         doc_rows = tl.load(DocStart + b * stride_doc_b + offs_m, mask=row_ok, other=0)
-    lo, hi, full_lo, full_hi = key_bounds(b, start_m, SQ, SKV, KvLo, KvHi, Holes, DocStart, stride_doc_b, window,
+    kv_lo, kv_hi = kv_range(KvLo, KvHi, b, SKV, HAS_PADDING)
+    lo, hi, full_lo, full_hi = key_bounds(b, start_m, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b, window,
                                           BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
     n_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_N)
-    kv_lo = tl.load(KvLo + b)
-    kv_hi = tl.load(KvHi + b)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge

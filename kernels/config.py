@@ -1,7 +1,8 @@
-"""Block sizes, warps and pipeline depth per pass, chosen from the head size and dtype.
+"""Block sizes, warps and pipeline depth per pass, chosen from the head size, dtype, key length and GQA group.
 
 A fixed table (no autotuning) so that the first call of a new shape compiles once and never stalls a
-training run on a search. Under Triton's CPU interpreter the smallest blocks keep tests fast.
+training run on a search; the entries come from sweeps on an H100 (benchmarks/tune.py, results under
+benchmarks/results/h100/). Under Triton's CPU interpreter the smallest blocks keep tests fast.
 """
 import os
 from dataclasses import dataclass
@@ -24,41 +25,50 @@ def head_block(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def forward_config(block_d: int, fp32: bool) -> LaunchConfig:
+SHORT_KV = 1024  # at most this many keys: small tiles, since a short inner loop cannot amortise big ones
+
+
+def forward_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
     if fp32:
         return LaunchConfig(64, 32, 4, 2) if block_d <= 128 else LaunchConfig(32, 32, 4, 1)
+    if block_d <= 128 and kv_len <= SHORT_KV:
+        return LaunchConfig(64, 64, 4, 3)
     if block_d <= 64:
         return LaunchConfig(128, 64, 4, 3)
     if block_d <= 128:
         return LaunchConfig(128, 64, 8, 3)
-    return LaunchConfig(64, 32, 4, 2)
+    return LaunchConfig(128, 64, 8, 2)
 
 
-def dkdv_config(block_d: int, fp32: bool) -> LaunchConfig:
-    """block_n is the key block a program owns, block_m the query blocks it streams."""
+def dkdv_config(block_d: int, fp32: bool, kv_len: int, group: int) -> LaunchConfig:
+    """block_n is the key block a program owns, block_m the query blocks it streams (for each head of its group)."""
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
     if fp32:
         return LaunchConfig(32, 32, 4, 1) if block_d <= 128 else LaunchConfig(16, 32, 4, 1)
+    if block_d <= 128 and kv_len <= SHORT_KV:
+        return LaunchConfig(32, 64, 4, 2)
     if block_d <= 64:
         return LaunchConfig(64, 128, 8, 3)
     if block_d <= 128:
         return LaunchConfig(32, 128, 8, 3)
-    return LaunchConfig(64, 64, 8, 1)  # tuned on an H100 (benchmarks/results/h100/tune_backward.txt)
+    # Head size 256: with one query head per K/V head the fp32 dK/dV tiles must stay small; with a GQA group
+    # the larger tile amortises over the group's heads.
+    return LaunchConfig(32, 32, 4, 2) if group == 1 else LaunchConfig(64, 64, 8, 1)
 
 
-def dq_config(block_d: int, fp32: bool) -> LaunchConfig:
+def dq_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
     if fp32:
         return LaunchConfig(32, 32, 4, 1) if block_d <= 128 else LaunchConfig(32, 16, 4, 1)
     if block_d <= 64:
-        return LaunchConfig(128, 64, 8, 3)
+        return LaunchConfig(64, 64, 4, 3) if kv_len <= SHORT_KV else LaunchConfig(128, 64, 8, 3)
     if block_d <= 128:
-        return LaunchConfig(128, 32, 8, 3)
-    return LaunchConfig(128, 32, 8, 2)  # tuned on an H100 with dkdv above
+        return LaunchConfig(64, 32, 4, 3) if kv_len <= SHORT_KV else LaunchConfig(128, 32, 8, 3)
+    return LaunchConfig(128, 32, 8, 2)
 
 
 def decode_config(block_d: int, fp32: bool, rows: int) -> LaunchConfig:

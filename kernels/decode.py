@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .forward import _fwd_blocks
-from .tiles import key_bounds, phase_bounds, split_phases
+from .tiles import key_bounds, kv_range, phase_bounds, split_phases
 
 
 @triton.jit
@@ -20,8 +20,8 @@ def attention_decode_split_kernel(
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
         stride_keep_b, HK, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, SOFTCAP: tl.constexpr,
-        DOT_PRECISION: tl.constexpr):
+        CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
+        SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr):
     split = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // HK
@@ -40,13 +40,12 @@ def attention_decode_split_kernel(
     keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
 
     # The keys the queries see (every query of the block is one of rows 0..SQ-1), cut to this chunk.
-    lo, hi, full_lo, full_hi = key_bounds(b, 0, SQ, SKV, KvLo, KvHi, Holes, KvLo, 0, window,
+    kv_lo, kv_hi = kv_range(KvLo, KvHi, b, SKV, HAS_PADDING)
+    lo, hi, full_lo, full_hi = key_bounds(b, 0, SQ, SKV, kv_lo, kv_hi, Holes, KvLo, 0, window,
                                           BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, False)
     lo = tl.maximum(lo, split * chunk)
     hi = tl.minimum(hi, (split + 1) * chunk)
     n_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_N)
-    kv_lo = tl.load(KvLo + b)
-    kv_hi = tl.load(KvHi + b)
     no_doc = tl.zeros([BLOCK_M], tl.int32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)

@@ -7,7 +7,7 @@ output and the row log-sum-exp (log2 units; +inf for a row that sees no key) for
 import triton
 import triton.language as tl
 
-from .tiles import dropout_keep, key_bounds, logits, phase_bounds, split_phases, tile_mask
+from .tiles import dropout_keep, key_bounds, kv_range, logits, phase_bounds, split_phases, tile_mask
 
 
 @triton.jit
@@ -64,8 +64,8 @@ def attention_fwd_kernel(
         stride_ob, stride_oh, stride_om, stride_keep_b, stride_doc_b,
         H, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-        SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
+        HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
@@ -84,11 +84,10 @@ def attention_fwd_kernel(
     if HAS_DOC:
         doc_rows = tl.load(DocStart + b * stride_doc_b + offs_m, mask=row_ok, other=0)
 
-    lo, hi, full_lo, full_hi = key_bounds(b, start_m, SQ, SKV, KvLo, KvHi, Holes, DocStart, stride_doc_b, window,
+    kv_lo, kv_hi = kv_range(KvLo, KvHi, b, SKV, HAS_PADDING)
+    lo, hi, full_lo, full_hi = key_bounds(b, start_m, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b, window,
                                           BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
     n_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_N)
-    kv_lo = tl.load(KvLo + b)
-    kv_hi = tl.load(KvHi + b)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -29,12 +29,12 @@ def _announce(kernel: str, cfg=None, **info):
 class Pattern:
     """Which (row, key) pairs attend, as small per-batch tensors on the inputs' device, and the score transform.
 
-    kv_lo/kv_hi (B,) int32: the keys [lo, hi) a padding mask leaves (all keys without one);
+    kv_lo/kv_hi (B,) int32: the keys [lo, hi) a padding mask leaves (None without a mask: all keys);
     key_keep (B, SKV) int8 and holes (B,) int8: the padding mask itself, for masks with gaps;
     doc_start (B, SQ) int32: first key of each row's document (packed sequences).
     """
-    kv_lo: torch.Tensor
-    kv_hi: torch.Tensor
+    kv_lo: Optional[torch.Tensor]
+    kv_hi: Optional[torch.Tensor]
     key_keep: Optional[torch.Tensor]
     holes: Optional[torch.Tensor]
     doc_start: Optional[torch.Tensor]
@@ -46,16 +46,14 @@ class Pattern:
     seed: int
 
 
-def _pattern_args(p: Pattern, dtype: torch.dtype):
-    """Tensor arguments (unused ones point at kv_lo and are never read), scalars and flags shared by all passes."""
-    dummy = p.kv_lo
-    tensors = (p.kv_lo, p.kv_hi, dummy if p.holes is None else p.holes,
-               dummy if p.key_keep is None else p.key_keep, dummy if p.doc_start is None else p.doc_start)
+def _pattern_args(p: Pattern, q: torch.Tensor):
+    """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes."""
+    tensors = tuple(q if t is None else t for t in (p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.doc_start))
     scalars = (p.scale * LOG2E.value, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
-    fp32_exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    flags = dict(CAUSAL=p.causal, HAS_WINDOW=p.window is not None, HAS_HOLES=p.key_keep is not None,
-                 HAS_DOC=p.doc_start is not None, SOFTCAP=p.softcap is not None, DROPOUT=p.dropout_p > 0,
-                 DOT_PRECISION="ieee" if fp32_exact else "tf32")
+    fp32_exact = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    flags = dict(CAUSAL=p.causal, HAS_PADDING=p.kv_lo is not None, HAS_WINDOW=p.window is not None,
+                 HAS_HOLES=p.key_keep is not None, HAS_DOC=p.doc_start is not None, SOFTCAP=p.softcap is not None,
+                 DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32")
     strides = (0 if p.key_keep is None else p.key_keep.stride(0), 0 if p.doc_start is None else p.doc_start.stride(0))
     return tensors, scalars, strides, flags
 
@@ -67,8 +65,8 @@ def run_forward(q, k, v, p: Pattern):
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
     block_d = head_block(D)
-    cfg = forward_config(block_d, q.dtype == torch.float32)
-    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q.dtype)
+    cfg = forward_config(block_d, q.dtype == torch.float32, SKV)
+    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
     grid = (triton.cdiv(SQ, cfg.block_m), B * H)
     _announce("attention_fwd_kernel", cfg)
     attention_fwd_kernel[grid](
@@ -79,6 +77,9 @@ def run_forward(q, k, v, p: Pattern):
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
+
+
+DECODE_FLAGS = ("CAUSAL", "HAS_PADDING", "HAS_WINDOW", "HAS_HOLES", "SOFTCAP", "DOT_PRECISION")
 
 
 def run_decode(q, k, v, p: Pattern):
@@ -96,15 +97,15 @@ def run_decode(q, k, v, p: Pattern):
     lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
-        _pattern_args(p, q.dtype)
+        _pattern_args(p, q)
     _announce("attention_decode_split_kernel", cfg, splits=splits)
     attention_decode_split_kernel[(splits, B * HK)](
         q, k, v, o_part, lse_part, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap, window, chunk,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), s_keep, HK, group, SQ, SKV,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=flags["CAUSAL"],
-        HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], SOFTCAP=flags["SOFTCAP"],
-        DOT_PRECISION=flags["DOT_PRECISION"], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        **{name: flags[name] for name in DECODE_FLAGS},
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _announce("attention_decode_merge_kernel", splits=splits)
     attention_decode_merge_kernel[(B * HK,)](
         o_part, lse_part, out, out.stride(0), out.stride(1), out.stride(2), HK, group, SQ, splits,
@@ -125,10 +126,10 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
         H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows)
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q.dtype)
+    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    cfg = dkdv_config(block_d, fp32)
+    cfg = dkdv_config(block_d, fp32, SKV, H // HK)
     _announce("attention_bwd_dkdv_kernel", cfg)
     attention_bwd_dkdv_kernel[(triton.cdiv(SKV, cfg.block_n), B * HK)](
         q, k, v, do, dk, dv, lse, delta, *tensors, *scalars, *common,
@@ -136,7 +137,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
         H, H // HK, SQ, SKV,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    cfg = dq_config(block_d, fp32)
+    cfg = dq_config(block_d, fp32, SKV)
     _announce("attention_bwd_dq_kernel", cfg)
     attention_bwd_dq_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
         q, k, v, do, dq, lse, delta, *tensors, *scalars, *common,

@@ -42,14 +42,23 @@ def phase_bounds(phase: tl.constexpr, start, mid_lo, mid_hi, hi):
 
 
 @triton.jit
-def key_bounds(b, start_m, SQ, SKV, KvLo, KvHi, Holes, DocStart, stride_doc_b, window,
+def kv_range(KvLo, KvHi, b, SKV, HAS_PADDING: tl.constexpr):
+    """The keys [kv_lo, kv_hi) that batch row b's padding mask leaves; all keys without a mask (nothing read)."""
+    if HAS_PADDING:
+        return tl.load(KvLo + b), tl.load(KvHi + b)
+    else:
+        return SKV * 0, SKV * 1
+
+
+@triton.jit
+def key_bounds(b, start_m, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b, window,
                BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
     """Keys [lo, hi) that some row of the query block may see, and [full_lo, full_hi) that every row sees."""
     offset = SKV - SQ
     last_m = tl.minimum(start_m + BLOCK_M, SQ) - 1
-    lo = tl.load(KvLo + b)
-    hi = tl.load(KvHi + b)
+    lo = kv_lo
+    hi = kv_hi
     full_lo = lo
     full_hi = hi
     if CAUSAL:
@@ -67,14 +76,12 @@ def key_bounds(b, start_m, SQ, SKV, KvLo, KvHi, Holes, DocStart, stride_doc_b, w
 
 
 @triton.jit
-def query_bounds(b, start_n, SQ, SKV, KvLo, KvHi, Holes, window,
+def query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, window,
                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
     """Rows [lo, hi) that may see some key of the key block, and [full_lo, full_hi) that see all of it."""
     offset = SKV - SQ
     last_n = tl.minimum(start_n + BLOCK_N, SKV) - 1
-    kv_lo = tl.load(KvLo + b)
-    kv_hi = tl.load(KvHi + b)
     lo = 0
     hi = SQ
     full_lo = 0

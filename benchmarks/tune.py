@@ -13,7 +13,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
@@ -26,7 +25,7 @@ FWD = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
        256: [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 4, 2)]}
 DKDV = {64: [(64, 128, 8, 3), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 3)],
         128: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2)],
-        256: [(64, 64, 8, 1), (32, 32, 4, 2), (32, 32, 4, 3), (32, 32, 8, 2), (16, 32, 4, 2), (64, 32, 4, 2),
+        256: [(64, 32, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2), (32, 32, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2),
               (64, 64, 8, 2), (32, 64, 8, 2)]}
 DQ = {64: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 2)],
       128: [(128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
@@ -96,22 +95,15 @@ def tune_case(case):
         with torch.no_grad():
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
-    d, s, group = case["d"], case["s"], 32 // case["hk"]
+    d, s = case["d"], case["s"]
     result["forward"] = sweep("forward_config", ops.forward_config(d, False, s), FWD[d], fwd, ())
-    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, group), DKDV[d], fwd_bwd, (q, k, v))
+    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s), DKDV[d], fwd_bwd, (q, k, v))
     chosen = best(result["dkdv"])
     original = ops.dkdv_config
     if chosen:
         ops.dkdv_config = lambda *args, c=LaunchConfig(*chosen["config"]): c
     try:
         result["dq"] = sweep("dq_config", ops.dq_config(d, False, s), DQ[d], fwd_bwd, (q, k, v))
-        if chosen:  # the same dK/dV kernel compiled without specializing GROUP == 1 (MHA takes GQA's code)
-            kernel = ops.attention_bwd_dkdv_kernel
-            ops.attention_bwd_dkdv_kernel = triton.jit(do_not_specialize=["GROUP"])(kernel.fn)
-            try:
-                result["dkdv_group_not_specialized_ms"] = time_ms(fwd_bwd, (q, k, v))
-            finally:
-                ops.attention_bwd_dkdv_kernel = kernel
     finally:
         ops.dkdv_config = original
     return result
@@ -122,8 +114,7 @@ def summary_line(r):
     cur_f, cur_b = r["forward"][0].get("ms"), r["dkdv"][0].get("ms")
     return (f"| {r['name']} | {r['sdpa_fa2_fwd_ms']:.3f} | {r['sdpa_cudnn_fwd_ms']:.3f} | {cur_f:.3f} | "
             f"{bf['ms']:.3f} {tuple(bf['config'])} | {r['sdpa_fa2_fwd_bwd_ms']:.3f} | {r['sdpa_cudnn_fwd_bwd_ms']:.3f} | "
-            f"{cur_b:.3f} | {bq['ms']:.3f} dkdv {tuple(bk['config'])} dq {tuple(bq['config'])} | "
-            f"{r.get('dkdv_group_not_specialized_ms', float('nan')):.3f} |")
+            f"{cur_b:.3f} | {bq['ms']:.3f} dkdv {tuple(bk['config'])} dq {tuple(bq['config'])} |")
 
 
 def main():
@@ -143,7 +134,7 @@ def main():
              "bf16, 32 query heads, 16k tokens per batch; ms medians. 'current' is the first candidate (the table "
              "in kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages).", "",
              "| case | fa2 fwd | cudnn fwd | current fwd | best fwd | fa2 fwd+bwd | cudnn fwd+bwd | current fwd+bwd "
-             "| best fwd+bwd | same, GROUP not specialized |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| best fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [summary_line(r) for r in results]
     with open(os.path.join(a.out, "tune.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

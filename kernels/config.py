@@ -1,4 +1,4 @@
-"""Block sizes, warps and pipeline depth per pass, chosen from the head size, dtype, key length and GQA group.
+"""Block sizes, warps and pipeline depth per pass, chosen from the head size, dtype and key length.
 
 A fixed table (no autotuning) so that the first call of a new shape compiles once and never stalls a
 training run on a search; the entries come from sweeps on an H100 (benchmarks/tune.py, results under
@@ -42,7 +42,7 @@ def forward_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
     return LaunchConfig(128, 64, 8, 2)
 
 
-def dkdv_config(block_d: int, fp32: bool, kv_len: int, group: int) -> LaunchConfig:
+def dkdv_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
     """block_n is the key block a program owns, block_m the query blocks it streams (for each head of its group)."""
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
@@ -54,9 +54,7 @@ def dkdv_config(block_d: int, fp32: bool, kv_len: int, group: int) -> LaunchConf
         return LaunchConfig(64, 128, 8, 3)
     if block_d <= 128:
         return LaunchConfig(32, 128, 8, 3)
-    # Head size 256: with one query head per K/V head the fp32 dK/dV tiles must stay small; with a GQA group
-    # the larger tile amortises over the group's heads.
-    return LaunchConfig(32, 32, 4, 2) if group == 1 else LaunchConfig(64, 64, 8, 1)
+    return LaunchConfig(64, 32, 4, 2)  # head size 256: 32 keys keep the fp32 dK/dV tiles in registers
 
 
 def dq_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
@@ -65,10 +63,10 @@ def dq_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
     if fp32:
         return LaunchConfig(32, 32, 4, 1) if block_d <= 128 else LaunchConfig(32, 16, 4, 1)
     if block_d <= 64:
-        return LaunchConfig(64, 64, 4, 3) if kv_len <= SHORT_KV else LaunchConfig(128, 64, 8, 3)
+        return LaunchConfig(64, 64, 4, 3)
     if block_d <= 128:
         return LaunchConfig(64, 32, 4, 3) if kv_len <= SHORT_KV else LaunchConfig(128, 32, 8, 3)
-    return LaunchConfig(128, 32, 8, 2)
+    return LaunchConfig(128, 32, 8, 3)
 
 
 def decode_config(block_d: int, fp32: bool, rows: int) -> LaunchConfig:

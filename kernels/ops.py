@@ -129,7 +129,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    cfg = dkdv_config(block_d, fp32, SKV, H // HK)
+    cfg = dkdv_config(block_d, fp32, SKV)
     _announce("attention_bwd_dkdv_kernel", cfg)
     attention_bwd_dkdv_kernel[(triton.cdiv(SKV, cfg.block_n), B * HK)](
         q, k, v, do, dk, dv, lse, delta, *tensors, *scalars, *common,

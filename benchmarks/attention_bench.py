@@ -48,10 +48,10 @@ def flex_runner(q, k, v, causal, pad, window, softcap):
             keep = keep & (ki >= kv_lo[bi])
         return keep
 
-    score_mod = None
-    if softcap is not None:
-        def score_mod(score, bi, hi, qi, ki):
-            return softcap * torch.tanh(score / softcap)
+    def capped(score, bi, hi, qi, ki):
+        return softcap * torch.tanh(score / softcap)
+
+    score_mod = capped if softcap is not None else None
     block_mask = create_block_mask(mask_mod, b if pad is not None else None, None, s, s, device=q.device)
     fn = torch.compile(flex_attention)
     return lambda: fn(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1])
@@ -126,13 +126,42 @@ def to_markdown(rows, device, versions):
              "medians of triton.testing.do_bench.", "",
              "| case | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |", "|---|---|---|---|---|---|"]
     for r in rows:
-        case = (f"{r.get('label') or 'dense'} b{r['batch']} h{r['heads']}/{r['kv_heads']} s{r['seq']} d{r['head_dim']}"
-                f" {'causal' if r['causal'] else 'full'}")
+        case = case_key(r)
         if "fwd_ms" in r:
             lines.append(f"| {case} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fwd_tflops']:.0f} | {r['fwd_bwd_ms']:.3f} "
                          f"| {r['fwd_bwd_tflops']:.0f} |")
         else:
             lines.append(f"| {case} | {r['impl']} | {r['status']} | | | |")
+    return "\n".join(lines) + "\n" + ratio_table(rows)
+
+
+def case_key(r):
+    return (f"{r.get('label') or 'dense'} b{r['batch']} h{r['heads']}/{r['kv_heads']} s{r['seq']} d{r['head_dim']}"
+            f" {'causal' if r['causal'] else 'full'}")
+
+
+def ratio_table(rows):
+    """triton_attention's speed-up (their time / ours) over each other implementation that ran the case."""
+    others = ["sdpa_fa2", "sdpa_cudnn", "sdpa_efficient", "flex_attention"]
+    lines = ["", "## triton_attention's speed-up (other's time / ours; > 1 means faster), forward / forward+backward", "",
+             "| case | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    by_case = {}
+    for r in rows:
+        by_case.setdefault(case_key(r), {})[r["impl"]] = r
+    for case, impls in by_case.items():
+        ours = impls.get("triton_attention")
+        if not ours or "fwd_ms" not in ours:
+            continue
+        cells = []
+        for name in others:
+            o = impls.get(name)
+            if o is None:
+                cells.append("")
+            elif "fwd_ms" not in o:
+                cells.append(o.get("status", ""))
+            else:
+                cells.append(f"{o['fwd_ms'] / ours['fwd_ms']:.2f} / {o['fwd_bwd_ms'] / ours['fwd_bwd_ms']:.2f}")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -164,8 +193,14 @@ def main():
     parser.add_argument("--no-flex", action="store_true")
     parser.add_argument("--head-dims", default="64,128,256")
     parser.add_argument("--no-masked", action="store_true", help="skip the padded, window and softcap cases")
+    parser.add_argument("--render", metavar="BENCH_JSON", help="only rewrite bench.md and bench.png from a bench.json")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        write_reports(saved["rows"], saved["device"], saved["versions"], args.out)
+        return
     import transformers
     import triton
     device = torch.cuda.get_device_name()
@@ -187,13 +222,16 @@ def main():
                 continue
             rows.append(dict(measure(impl, **case), label=label))
             print(json.dumps(rows[-1]), flush=True)
-    result = dict(device=device, versions=versions, rows=rows)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, "bench.md"), "w") as f:
-        f.write(to_markdown(rows, device, versions) + "\n")
-    plot(rows, os.path.join(args.out, "bench.png"))
+        json.dump(dict(device=device, versions=versions, rows=rows), f, indent=1)
+    write_reports(rows, device, versions, args.out)
     print(to_markdown(rows, device, versions))
+
+
+def write_reports(rows, device, versions, out):
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write(to_markdown(rows, device, versions) + "\n")
+    plot(rows, os.path.join(out, "bench.png"))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
     python benchmarks/tune.py --out DIR [--cases d256-mha-s8192-causal,...]
 
-Per case: the forward configurations timed on the forward alone, then the dK/dV configurations (with the
-current dQ one) and the dQ configurations (with the best dK/dV one) timed on forward+backward. Medians of
-triton.testing.do_bench; a configuration that does not compile or run is recorded with its error. Timing only:
-a configuration adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and tune.md.
+Per case, the candidates of kernels/config.py (the table's choice first): the forward configurations timed on
+the forward alone, then the dK/dV configurations (with the current dQ one) and the dQ configurations (with the
+best dK/dV one) timed on forward+backward. Medians of triton.testing.do_bench; a configuration that does not
+compile or run is recorded with its error. Timing only: a configuration adopted in kernels/config.py must then
+pass the GPU test suite. Writes tune.json and tune.md.
 """
 import argparse
 import json
@@ -17,19 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
 from hf_sdpa.kernels import attention, ops
-from hf_sdpa.kernels.config import LaunchConfig
-
-# Candidates per head size, (block_m, block_n, warps, stages); the table's current choice is always added first.
-FWD = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
-       128: [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4), (64, 128, 4, 2)],
-       256: [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 4, 2)]}
-DKDV = {64: [(64, 128, 8, 3), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 3)],
-        128: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2)],
-        256: [(64, 32, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2), (32, 32, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2),
-              (64, 64, 8, 2), (32, 64, 8, 2)]}
-DQ = {64: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 2)],
-      128: [(128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
-      256: [(128, 32, 8, 2), (128, 32, 4, 2), (64, 32, 4, 3), (128, 64, 8, 1), (128, 32, 8, 3), (64, 64, 4, 2)]}
+from hf_sdpa.kernels.config import CANDIDATES, LaunchConfig
 
 DEFAULT_CASES = ("d64-mha-s512-causal,d128-gqa-s1024-causal,d128-gqa-s2048-causal,d64-gqa-s8192-causal,"
                  "d128-mha-s8192-full,d256-mha-s8192-causal,d256-gqa-s8192-full,d256-mha-s2048-full,"
@@ -96,14 +85,15 @@ def tune_case(case):
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
     d, s = case["d"], case["s"]
-    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s), FWD[d], fwd, ())
-    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s), DKDV[d], fwd_bwd, (q, k, v))
+    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s), CANDIDATES["forward"][d], fwd, ())
+    grads = (q, k, v)
+    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s), CANDIDATES["dkdv"][d], fwd_bwd, grads)
     chosen = best(result["dkdv"])
     original = ops.dkdv_config
     if chosen:
         ops.dkdv_config = lambda *args, c=LaunchConfig(*chosen["config"]): c
     try:
-        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s), DQ[d], fwd_bwd, (q, k, v))
+        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s), CANDIDATES["dq"][d], fwd_bwd, grads)
     finally:
         ops.dkdv_config = original
     return result
@@ -113,7 +103,8 @@ def summary_line(r):
     bf, bk, bq = best(r["forward"]), best(r["dkdv"]), best(r["dq"])
     cur_f, cur_b = r["forward"][0].get("ms"), r["dkdv"][0].get("ms")
     return (f"| {r['name']} | {r['sdpa_fa2_fwd_ms']:.3f} | {r['sdpa_cudnn_fwd_ms']:.3f} | {cur_f:.3f} | "
-            f"{bf['ms']:.3f} {tuple(bf['config'])} | {r['sdpa_fa2_fwd_bwd_ms']:.3f} | {r['sdpa_cudnn_fwd_bwd_ms']:.3f} | "
+            f"{bf['ms']:.3f} {tuple(bf['config'])} | {r['sdpa_fa2_fwd_bwd_ms']:.3f} | "
+            f"{r['sdpa_cudnn_fwd_bwd_ms']:.3f} | "
             f"{cur_b:.3f} | {bq['ms']:.3f} dkdv {tuple(bk['config'])} dq {tuple(bq['config'])} |")
 
 

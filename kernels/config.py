@@ -1,8 +1,9 @@
 """Block sizes, warps and pipeline depth per pass, chosen from the head size, dtype and key length.
 
-A fixed table (no autotuning) so that the first call of a new shape compiles once and never stalls a
-training run on a search; the entries come from sweeps on an H100 (benchmarks/tune.py, results under
-benchmarks/results/h100/). Under Triton's CPU interpreter the smallest blocks keep tests fast.
+A fixed table, so that the first call of a new shape compiles once and never stalls a training run on a
+search; the entries come from sweeps on an H100 (benchmarks/tune.py, results under benchmarks/results/h100/).
+HF_SDPA_AUTOTUNE=1 lets autotune.py search CANDIDATES instead, once per machine. Under Triton's CPU interpreter
+the smallest blocks keep tests fast.
 """
 import os
 from dataclasses import dataclass
@@ -67,6 +68,30 @@ def dq_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
     if block_d <= 128:
         return LaunchConfig(64, 32, 4, 3) if kv_len <= SHORT_KV else LaunchConfig(128, 32, 8, 3)
     return LaunchConfig(128, 32, 8, 3)
+
+
+# Alternatives the optional autotuner (autotune.py) and benchmarks/tune.py try per pass and padded head size,
+# fp16/bf16 only: (block_m, block_n, warps, stages).
+CANDIDATES = {
+    "forward": {64: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
+                128: [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4), (64, 128, 4, 2)],
+                256: [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2)]},
+    "dkdv": {64: [(64, 128, 8, 3), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 3)],
+             128: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2)],
+             256: [(64, 32, 4, 2), (64, 64, 8, 2), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 8, 1)]},
+    "dq": {64: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 2)],
+           128: [(128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
+           256: [(128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 3), (128, 64, 8, 1)]},
+}
+
+
+def candidates(pass_name: str, block_d: int, fp32: bool) -> list:
+    """What the autotuner may try; fp32 keeps the table's choice (its tiles are bound by registers)."""
+    if interpreting():
+        return [LaunchConfig(16, 16, 1, 1), LaunchConfig(32, 16, 1, 1), LaunchConfig(16, 32, 1, 1)]
+    if fp32:
+        return []
+    return [LaunchConfig(*c) for c in CANDIDATES[pass_name][max(64, block_d)]]
 
 
 def decode_config(block_d: int, fp32: bool, rows: int) -> LaunchConfig:

@@ -6,7 +6,9 @@ import torch
 import triton
 
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, delta_kernel
-from .config import decode_config, decode_splits, dkdv_config, dq_config, forward_config, head_block, interpreting
+from .autotune import TUNER, bucket
+from .config import (candidates, decode_config, decode_splits, dkdv_config, dq_config, forward_config, head_block,
+                     interpreting)
 from .decode import attention_decode_merge_kernel, attention_decode_split_kernel
 from .forward import attention_fwd_kernel
 from .tiles import LOG2E, dropout_mask_kernel
@@ -58,6 +60,15 @@ def _pattern_args(p: Pattern, q: torch.Tensor):
     return tensors, scalars, strides, flags
 
 
+def _choose(pass_name, default, q, k, flags, launch):
+    """The table's configuration, or the autotuner's when HF_SDPA_AUTOTUNE=1 (see autotune.py)."""
+    block_d = head_block(q.shape[3])
+    key = "|".join([pass_name, str(q.dtype).removeprefix("torch."), f"d{block_d}", f"q{bucket(q.shape[2])}",
+                    f"kv{bucket(k.shape[2])}", f"group{q.shape[1] // k.shape[1]}"]
+                   + [f"{name}={value}" for name, value in sorted(flags.items())])
+    return TUNER.choose(key, default, candidates(pass_name, block_d, q.dtype == torch.float32), launch, q.device)
+
+
 def run_forward(q, k, v, p: Pattern):
     """q (B, H, SQ, D), k/v (B, HK, SKV, D) with unit stride on D. Returns out (B, H, SQ, D) and lse (B, H, SQ)."""
     B, H, SQ, D = q.shape
@@ -65,17 +76,20 @@ def run_forward(q, k, v, p: Pattern):
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
     block_d = head_block(D)
-    cfg = forward_config(block_d, q.dtype == torch.float32, SKV)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
-    grid = (triton.cdiv(SQ, cfg.block_m), B * H)
+
+    def launch(cfg):
+        attention_fwd_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
+            q, k, v, out, lse, *tensors, *scalars,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
+            H, H // k.shape[1], SQ, SKV,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV), q, k, flags, launch)
     _announce("attention_fwd_kernel", cfg)
-    attention_fwd_kernel[grid](
-        q, k, v, out, lse, *tensors, *scalars,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
-        H, H // k.shape[1], SQ, SKV,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch(cfg)
     return out, lse
 
 
@@ -129,22 +143,29 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    cfg = dkdv_config(block_d, fp32, SKV)
+
+    def launch_dkdv(cfg):
+        attention_bwd_dkdv_kernel[(triton.cdiv(SKV, cfg.block_n), B * HK)](
+            q, k, v, do, dk, dv, lse, delta, *tensors, *scalars, *common,
+            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
+            H, H // HK, SQ, SKV,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    def launch_dq(cfg):
+        attention_bwd_dq_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
+            q, k, v, do, dq, lse, delta, *tensors, *scalars, *common,
+            dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
+            H, H // HK, SQ, SKV,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV), q, k, flags, launch_dkdv)
     _announce("attention_bwd_dkdv_kernel", cfg)
-    attention_bwd_dkdv_kernel[(triton.cdiv(SKV, cfg.block_n), B * HK)](
-        q, k, v, do, dk, dv, lse, delta, *tensors, *scalars, *common,
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
-        H, H // HK, SQ, SKV,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    cfg = dq_config(block_d, fp32, SKV)
+    launch_dkdv(cfg)
+    cfg = _choose("dq", dq_config(block_d, fp32, SKV), q, k, flags, launch_dq)
     _announce("attention_bwd_dq_kernel", cfg)
-    attention_bwd_dq_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
-        q, k, v, do, dq, lse, delta, *tensors, *scalars, *common,
-        dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
-        H, H // HK, SQ, SKV,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch_dq(cfg)
     return dq, dk, dv
 
 

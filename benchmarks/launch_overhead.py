@@ -21,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
 from hf_sdpa.kernels import attention
+from timing import graph_ms
 
 
 def wall_us(fn, reps=200):
@@ -34,19 +35,6 @@ def wall_us(fn, reps=200):
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t) * 1e6)
     return statistics.median(times)
-
-
-def graph_us(fn, reps=200):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return do_bench(graph.replay, warmup=10, rep=50, return_mode="median") * 1e3
 
 
 def host_us(fn, reps=200):
@@ -86,7 +74,7 @@ def main():
                 row = dict(case=label, impl=name, wall_us=wall_us(fn), host_us=host_us(fn),
                            do_bench_us=do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3)
                 try:
-                    row["graph_us"] = graph_us(fn)
+                    row["graph_us"] = graph_ms(fn) * 1e3
                 except Exception as exc:
                     row["graph_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
                 rows.append(row)

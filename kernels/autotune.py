@@ -4,7 +4,8 @@ By default the fixed table of config.py decides, so no call ever waits for a sea
 the first call of a new key (pass, dtype, padded head size, power-of-two buckets of the lengths, GQA group,
 kernel flags) times the table's choice and at most MAX_CANDIDATES - 1 alternatives, REPS runs each after a
 warm-up, and keeps the fastest. The choice is written to a JSON file per GPU model and Triton version under
-HF_SDPA_CACHE (default ~/.cache/hf_sdpa), so later processes and the other ranks of a run start tuned.
+HF_SDPA_CACHE (default ~/.cache/hf_sdpa), so later processes start tuned (the ranks of one run that start
+together each search once; they may settle on different configurations, which differ only in rounding).
 A configuration that fails to compile or run (out of shared memory, registers) is skipped. Calls inside a
 CUDA-graph capture never search.
 """

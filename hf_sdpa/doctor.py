@@ -122,6 +122,29 @@ def try_run(name: str, inp: AttentionInput, backward: bool):
         return "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
 
 
+def _with_launches(fn):
+    """fn()'s result and the Triton kernels it launched, each with its launch configuration."""
+    from .kernels import ops
+    launches = []
+
+    def hook(kernel, info):
+        launches.append(" ".join([kernel] + [f"{key}={value}" for key, value in info.items()]))
+
+    ops.LAUNCH_HOOKS.append(hook)
+    try:
+        return fn(), launches
+    finally:
+        ops.LAUNCH_HOOKS.remove(hook)
+
+
+def _launch_configurations():
+    from .kernels import autotune
+    if not autotune.enabled():
+        return "fixed table by head size, dtype and key length (HF_SDPA_AUTOTUNE=1 searches and caches per GPU)"
+    where = autotune.cache_file(torch.device("cuda")) if torch.cuda.is_available() else "the interpreter's file"
+    return f"autotuned (HF_SDPA_AUTOTUNE=1), cached in {where}"
+
+
 def report(case: Optional[Case] = None) -> dict:
     """The whole account as a dict (what --json prints)."""
     probe = Case(batch=1, heads=2, kv_heads=2, q_len=8, kv_len=8, head_dim=16, mask="causal", backward=True)
@@ -147,10 +170,12 @@ def report(case: Optional[Case] = None) -> dict:
             if reasons:
                 verdicts[name] = {"can run": False, "why not": reasons}
             else:
-                status, why = try_run(name, case.build(), case.backward)
+                (status, why), launches = _with_launches(lambda: try_run(name, case.build(), case.backward))
                 verdicts[name] = {"can run": status == "ran", "why not": [why] if why else []}
+                if launches:
+                    verdicts[name]["kernels"] = launches
         out["case"] = {"input": inp.describe() + (", forward+backward" if case.backward else ", forward"),
-                       "implementations": verdicts}
+                       "implementations": verdicts, "triton_attention launch configurations": _launch_configurations()}
     return out
 
 
@@ -187,4 +212,7 @@ def format_report(rep: dict) -> str:
             for why in verdict["why not"]:
                 for line in why.splitlines()[:6]:
                     lines.append(f"      {line}")
+            lines += [f"      kernel: {launch}" for launch in verdict.get("kernels", [])]
+        lines.append("  triton_attention launch configurations: "
+                     + rep["case"]["triton_attention launch configurations"])
     return "\n".join(lines)

@@ -91,6 +91,19 @@ def test_doctor_reports_every_implementation_and_a_case():
         assert any("switch" in n for n in rep["notes"]) and any("need CUDA" in n for n in rep["notes"])
 
 
+def test_doctor_names_the_triton_kernels_and_their_blocks_for_a_case():
+    from hf_sdpa.doctor import Case, format_report, report
+    rep = report(Case(batch=1, heads=4, kv_heads=2, q_len=16, kv_len=16, head_dim=32, backward=True))
+    verdict = rep["case"]["implementations"]["triton_attention"]
+    if not verdict["can run"]:
+        pytest.skip("triton_attention cannot run here (no GPU and no TRITON_INTERPRET=1)")
+    kernels = [launch.split()[0] for launch in verdict["kernels"]]
+    assert kernels == ["attention_fwd_kernel", "delta_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel"]
+    assert "BLOCK_M=" in verdict["kernels"][0] and "warps=" in verdict["kernels"][0]
+    assert "kernel: attention_fwd_kernel" in format_report(rep)
+    assert "fixed table" in rep["case"]["triton_attention launch configurations"]
+
+
 def test_cli_doctor_json_runs():
     out = subprocess.run([sys.executable, "-m", "hf_sdpa", "doctor", "--json", "--q-len", "8", "--head-dim", "16"],
                          capture_output=True, text=True, check=True, cwd="/")

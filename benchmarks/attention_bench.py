@@ -115,6 +115,7 @@ def masked_cases():
     for i, n in enumerate(lengths):
         pad[i, 4096 - n:] = True
     base = dict(b=4, h=32, hk=8, s=4096, d=128, causal=True)
+    yield "unmasked", base  # our dense speed on the same shape, the masked cases' yardstick
     yield "padded", dict(base, pad=pad, lengths=lengths)
     yield "window 1024", dict(base, window=1024)
     yield "softcap 50", dict(base, softcap=50.0)
@@ -162,6 +163,21 @@ def ratio_table(rows):
             else:
                 cells.append(f"{o['fwd_ms'] / ours['fwd_ms']:.2f} / {o['fwd_bwd_ms'] / ours['fwd_bwd_ms']:.2f}")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + against_unmasked(rows)
+
+
+def against_unmasked(rows):
+    """Each masked case's TFLOP/s on its valid work over triton_attention's unmasked speed on the same shape."""
+    ours = [r for r in rows if r["impl"] == "triton_attention" and r.get("label") and "fwd_ms" in r]
+    base = next((r for r in ours if r["label"] == "unmasked"), None)
+    if base is None:
+        return ""
+    lines = ["", "## Masked cases against triton_attention's unmasked speed on the same shape (valid work only)", "",
+             "| case | forward / forward+backward |", "|---|---|"]
+    for r in ours:
+        if r is not base:
+            lines.append(f"| {case_key(r)} | {r['fwd_tflops'] / base['fwd_tflops']:.2f} / "
+                         f"{r['fwd_bwd_tflops'] / base['fwd_bwd_tflops']:.2f} |")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import torch
 import triton
 
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, delta_kernel
-from .autotune import TUNER, bucket
+from .autotune import TUNER, bucket, enabled as autotune_enabled
 from .config import (candidates, decode_config, decode_splits, dkdv_config, dq_config, forward_config, head_block,
                      interpreting)
 from .decode import attention_decode_merge_kernel, attention_decode_split_kernel
@@ -62,6 +62,8 @@ def _pattern_args(p: Pattern, q: torch.Tensor):
 
 def _choose(pass_name, default, q, k, flags, launch):
     """The table's configuration, or the autotuner's when HF_SDPA_AUTOTUNE=1 (see autotune.py)."""
+    if not autotune_enabled():  # the common case pays for no key
+        return default
     block_d = head_block(q.shape[3])
     key = "|".join([pass_name, str(q.dtype).removeprefix("torch."), f"d{block_d}", f"q{bucket(q.shape[2])}",
                     f"kv{bucket(k.shape[2])}", f"group{q.shape[1] // k.shape[1]}"]

@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
 # One device call (under 10 minutes) for issue 4's open measurements: decode per call and inside CUDA graphs,
 # a sweep of the decode launch configuration, the end-to-end 1.1B Llama (training and generate() per name),
-# and where a short call's time goes. Results land in $OUT
-# as one results.tgz (the device tool returns few files per call).
-set -uo pipefail
+# and where a short call's time goes. Results land in $OUT as one results.tgz (the device tool returns few
+# files per call).
 OUT=${OUT:-benchmarks/results/local}
-mkdir -p "$OUT/r"
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/r/setup.txt" 2>&1
-python3 -c "import torch, triton, transformers; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" > "$OUT/r/versions.txt" 2>&1
+source benchmarks/device_setup.sh "$OUT/r"
 timeout 120 python3 benchmarks/decode_bench.py --out "$OUT/r" > "$OUT/r/decode_log.txt" 2>&1
 tail -n 8 "$OUT/r/decode_log.txt"
 timeout 100 python3 benchmarks/tune_decode.py --out "$OUT/r" > "$OUT/r/tune_decode_log.txt" 2>&1

@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
 # One device call for issue 6's evidence: the validation spec and a large hypothesis search across every name,
 # threads and torch.compile, the tracer and registry tests, and the model matrix in bf16 and fp32.
-set -uo pipefail
 OUT=${OUT:-benchmarks/results/local}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/setup.txt" 2>&1
-python3 -c "import torch, triton, transformers; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" > "$OUT/versions.txt" 2>&1
+source benchmarks/device_setup.sh "$OUT"
 cat "$OUT/versions.txt"
 HF_SDPA_HYPOTHESIS_EXAMPLES=${EXAMPLES:-300} timeout 280 python3 -m pytest -q -n 8 -p no:cacheprovider -rs \
   --hypothesis-show-statistics tests/test_validation.py > "$OUT/tests_validation_gpu.txt" 2>&1

@@ -57,13 +57,21 @@ def _last_key_hidden(mask_function, q_offset, q_length, kv_offset, kv_length) ->
 
 def triton_attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0,
                           mask_function=causal_mask_function, attention_mask=None, **kwargs):
-    """The 2-D key padding mask (or None), like flash_attention_mask; refuses a static cache's empty slots."""
-    if _last_key_hidden(mask_function, q_offset, q_length, kv_offset, kv_length):
+    """The 2-D key padding mask (or None), as flash_attention_mask gives it.
+
+    With a static cache the mask covers only the tokens seen so far, shorter than the cache: the attention
+    function then reads just that prefix of the cache (FA2's rule). An empty tail without such a mask (no
+    attention mask given) is refused: causal attention is aligned to the last key.
+    """
+    mask = flash_attention_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function=mask_function,
+                                attention_mask=attention_mask, **kwargs)
+    if (mask is None or mask.shape[1] >= kv_length) and _last_key_hidden(mask_function, q_offset, q_length,
+                                                                          kv_offset, kv_length):
         raise AttentionRefused(
             "triton_attention aligns causal attention to the last key, so it cannot run a static cache with empty "
-            "slots. Use the default dynamic cache (generate(..., cache_implementation='dynamic')).")
-    return flash_attention_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function=mask_function,
-                                attention_mask=attention_mask, **kwargs)
+            "slots without an attention mask. Pass attention_mask (generate() does), or use the default dynamic "
+            "cache (generate(..., cache_implementation='dynamic')).")
+    return mask
 
 
 @torch.compiler.disable  # runs eagerly between compiled graphs (the mask-to-range conversion is data-dependent)
@@ -77,6 +85,9 @@ def triton_attention_forward(module, query, key, value, attention_mask, dropout=
             f"triton_attention takes a 2-D key padding mask, not a {attention_mask.dim()}-D mask (a model that "
             "builds its own 4-D mask, or triton_attention registered without its mask function). "
             "Use sdpa_math or eager for this model.")
+    if attention_mask is not None and attention_mask.shape[1] < key.shape[2]:
+        # A static cache: the mask covers the tokens seen so far; the cache past them is empty (views, no copy).
+        key, value = key[:, :, :attention_mask.shape[1]], value[:, :, :attention_mask.shape[1]]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     q_len, kv_len = query.shape[2], key.shape[2]
     packed = dict()

@@ -158,6 +158,33 @@ def test_causal_lm(arch, name):
             assert unpadded == "ran", f"{name} should run an unpadded {arch} batch in {DTYPE}"
 
 
+def generate_scores(model, ids, mask, cache):
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                         cache_implementation=cache, output_scores=True, return_dict_in_generate=True)
+    return out.sequences, torch.stack(out.scores)
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("arch", list(CAUSAL_LMS))
+def test_static_cache_generation(arch, name):
+    """generate() with a static cache (keys past the tokens seen so far are empty slots) and left padding: the
+    same tokens and scores as eager, in float32. triton_attention reads the cache's seen prefix only."""
+    model = build(CAUSAL_LMS[arch]).float().eval()
+    ids, mask = left_padded_batch()
+    model.set_attn_implementation("eager")
+    ref_tokens, ref_scores = generate_scores(model, ids, mask, "static")
+    result = {}
+    outcome = expect_refusal_or_run(model, name, lambda: result.update(zip(
+        ("tokens", "scores"), generate_scores(model, ids, mask, "static"))))
+    if must_run(name, arch):
+        assert outcome == "ran", f"{name} should run {arch} with a static cache"
+    if outcome == "ran":
+        assert torch.equal(result["tokens"], ref_tokens), f"{name}: greedy generation differs from eager"
+        assert torch.equal(torch.isinf(result["scores"]), torch.isinf(ref_scores))
+        finite = torch.isfinite(ref_scores)
+        assert_matches("scores", result["scores"][finite], ref_scores[finite])
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_packed_sequences(name):
     """Two documents per row, separated only by position_ids (use_cache=False, as eager then honours them)."""

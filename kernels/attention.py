@@ -156,16 +156,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
                       softcap=None if softcap is None else float(softcap),
                       scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
                       dropout_p=float(dropout_p), seed=int(seed or 0))
-    decodable = _decodable(q, k, v, dropout_p, doc_start)
-    if split_kv and decodable is not True:
-        _refuse(f"split_kv=True needs {decodable}.", "Leave split_kv=None to choose automatically.")
-    if split_kv or (split_kv is None and decodable is True and SKV >= DECODE_MIN_KEYS):
+    lacks = _decode_lacks(q, k, v, dropout_p, doc_start)
+    if split_kv and lacks:
+        _refuse(f"split_kv=True needs {lacks}.", "Leave split_kv=None to choose automatically.")
+    if split_kv or (split_kv is None and not lacks and SKV >= DECODE_MIN_KEYS):
         return run_decode(q, k, v, pattern)
     return TritonAttention.apply(q, k, v, pattern)
 
 
-def _decodable(q, k, v, dropout_p, doc_start):
-    """True when the split-KV decode path can run this input, else what it lacks."""
+def _decode_lacks(q, k, v, dropout_p, doc_start) -> Optional[str]:
+    """What the split-KV decode path would need that this input lacks; None when it can run it."""
     sq, group = q.shape[2], q.shape[1] // k.shape[1]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return "no gradient (it has no backward pass)"
@@ -173,4 +173,4 @@ def _decodable(q, k, v, dropout_p, doc_start):
         return f"q_len <= {DECODE_MAX_QUERIES} and q_len * GQA group <= {DECODE_MAX_ROWS}"
     if dropout_p > 0 or doc_start is not None:
         return "no dropout and no packed documents"
-    return True
+    return None

@@ -144,7 +144,8 @@ def case_key(r):
 def ratio_table(rows):
     """triton_attention's speed-up (their time / ours) over each other implementation that ran the case."""
     others = ["sdpa_fa2", "sdpa_cudnn", "sdpa_efficient", "flex_attention"]
-    lines = ["", "## triton_attention's speed-up (other's time / ours; > 1 means faster), forward / forward+backward", "",
+    lines = ["", "## triton_attention's speed-up (other's time / ours; > 1 means faster), forward / forward+backward",
+             "",
              "| case | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     by_case = {}
     for r in rows:
@@ -224,22 +225,24 @@ def main():
                     hf_sdpa=hf_sdpa.__version__, cuda=torch.version.cuda)
     impls = ["triton_attention"] + SDPA + ([] if args.no_flex else ["flex_attention"])
     rows = []
+
+    def record(row):  # bench.json after every row: a call cut short by its time limit keeps what it measured
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(os.path.join(args.out, "bench.json"), "w") as f:
+            json.dump(dict(device=device, versions=versions, rows=rows), f, indent=1)
     for case in standard_cases(args.quick, [int(d) for d in args.head_dims.split(",")]):
         for impl in impls:
             # math materialises the scores; flex compiles per shape, so it runs the plotted series only
             flex_series = case["d"] == 128 and case["causal"] and case["hk"] == 8
             if impl == "sdpa_math" and case["s"] > 2048 or impl == "flex_attention" and not flex_series:
                 continue
-            rows.append(measure(impl, **case))
-            print(json.dumps(rows[-1]), flush=True)
+            record(measure(impl, **case))
     for label, case in ([] if args.no_masked else masked_cases()):
         for impl in impls:
             if impl == "sdpa_math":
                 continue
-            rows.append(dict(measure(impl, **case), label=label))
-            print(json.dumps(rows[-1]), flush=True)
-    with open(os.path.join(args.out, "bench.json"), "w") as f:
-        json.dump(dict(device=device, versions=versions, rows=rows), f, indent=1)
+            record(dict(measure(impl, **case), label=label))
     write_reports(rows, device, versions, args.out)
     print(to_markdown(rows, device, versions))
 

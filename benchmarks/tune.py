@@ -2,15 +2,17 @@
 
     python benchmarks/tune.py --out DIR [--cases d256-mha-s8192-causal,...]
 
-Per case, the candidates of kernels/config.py (the table's choice first): the forward configurations timed on
-the forward alone, then the dK/dV configurations (with the current dQ one) and the dQ configurations (with the
-best dK/dV one) timed on forward+backward. Medians of triton.testing.do_bench; a configuration that does not
-compile or run is recorded with its error. Timing only: a configuration adopted in kernels/config.py must then
-pass the GPU test suite. Writes tune.json and tune.md.
+Per case, the candidates of kernels/config.py (the table's choice first, with and without TMA on Hopper): the
+forward configurations timed on the forward alone, then the dK/dV configurations (with the current dQ one) and
+the dQ configurations (with the best dK/dV one) timed on forward+backward (--passes forward: the forward only).
+Medians of triton.testing.do_bench; a configuration that does not compile or run is recorded with its error;
+max_diff is each forward variant's largest difference from the table's output. Timing only: a configuration
+adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and tune.md.
 """
 import argparse
 import json
 import os
+from dataclasses import astuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
 from hf_sdpa.kernels import attention, ops
-from hf_sdpa.kernels.config import CANDIDATES, LaunchConfig
+from hf_sdpa.kernels.config import LaunchConfig, candidates
 
 DEFAULT_CASES = ("d64-mha-s512-causal,d128-gqa-s1024-causal,d128-gqa-s2048-causal,d64-gqa-s8192-causal,"
                  "d128-mha-s8192-full,d256-mha-s8192-causal,d256-gqa-s8192-full,d256-mha-s2048-full,"
@@ -37,16 +39,22 @@ def time_ms(fn, grads=()):
 
 
 def sweep(pass_name, current, candidates, run, grads):
+    """Times each candidate; where run returns a tensor, also its largest difference from the first one's."""
     rows = []
     original = getattr(ops, pass_name)
-    current = (current.block_m, current.block_n, current.num_warps, current.num_stages)
-    for c in [current] + [c for c in candidates if c != current]:
+    current = astuple(current)
+    first_out = None
+    for c in [current] + [astuple(c) for c in candidates if astuple(c) != current]:
         cfg = LaunchConfig(*c)
         setattr(ops, pass_name, lambda *args, cfg=cfg: cfg)
         try:
-            run()
+            out = run()
             torch.cuda.synchronize()
-            rows.append(dict(config=c, ms=time_ms(run, grads)))
+            row = dict(config=c, ms=time_ms(run, grads))
+            if isinstance(out, torch.Tensor):
+                first_out = out if first_out is None else first_out
+                row["max_diff"] = (out.float() - first_out.float()).abs().max().item()
+            rows.append(row)
         except Exception as exc:  # out of shared memory or registers: not a candidate
             rows.append(dict(config=c, error=f"{type(exc).__name__}: {str(exc)[:120]}"))
         finally:
@@ -59,7 +67,7 @@ def best(rows):
     return min(ok, key=lambda r: r["ms"]) if ok else None
 
 
-def tune_case(case):
+def tune_case(case, passes):
     g = torch.Generator(device="cuda").manual_seed(0)
     shape_q = (case["b"], 32, case["s"], case["d"])
     shape_kv = (case["b"], case["hk"], case["s"], case["d"])
@@ -71,7 +79,7 @@ def tune_case(case):
 
     def fwd():
         with torch.no_grad():
-            attention(q, k, v, causal=causal)
+            return attention(q, k, v, causal=causal)
 
     def fwd_bwd():
         attention(q, k, v, causal=causal).backward(dout)
@@ -84,24 +92,34 @@ def tune_case(case):
         with torch.no_grad():
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
-    d, s = case["d"], case["s"]
-    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s), CANDIDATES["forward"][d], fwd, ())
+    d, s, tma = case["d"], case["s"], ops.has_tma(q.device)
+    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma),
+                              candidates("forward", d, False, tma), fwd, ())
+    if passes == "forward":
+        return result
     grads = (q, k, v)
-    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s), CANDIDATES["dkdv"][d], fwd_bwd, grads)
+    gqa = case["hk"] < 32
+    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), candidates("dkdv", d, False, tma),
+                           fwd_bwd, grads)
     chosen = best(result["dkdv"])
     original = ops.dkdv_config
     if chosen:
         ops.dkdv_config = lambda *args, c=LaunchConfig(*chosen["config"]): c
     try:
-        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s), CANDIDATES["dq"][d], fwd_bwd, grads)
+        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s, tma, gqa), candidates("dq", d, False, tma),
+                             fwd_bwd, grads)
     finally:
         ops.dkdv_config = original
     return result
 
 
 def summary_line(r):
-    bf, bk, bq = best(r["forward"]), best(r["dkdv"]), best(r["dq"])
-    cur_f, cur_b = r["forward"][0].get("ms"), r["dkdv"][0].get("ms")
+    bf, cur_f = best(r["forward"]), r["forward"][0].get("ms")
+    if "dkdv" not in r:
+        return (f"| {r['name']} | {r['sdpa_fa2_fwd_ms']:.3f} | {r['sdpa_cudnn_fwd_ms']:.3f} | {cur_f:.3f} | "
+                f"{bf['ms']:.3f} {tuple(bf['config'])} | | | | |")
+    bk, bq = best(r["dkdv"]), best(r["dq"])
+    cur_b = r["dkdv"][0].get("ms")
     return (f"| {r['name']} | {r['sdpa_fa2_fwd_ms']:.3f} | {r['sdpa_cudnn_fwd_ms']:.3f} | {cur_f:.3f} | "
             f"{bf['ms']:.3f} {tuple(bf['config'])} | {r['sdpa_fa2_fwd_bwd_ms']:.3f} | "
             f"{r['sdpa_cudnn_fwd_bwd_ms']:.3f} | "
@@ -112,18 +130,19 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="benchmarks/results/local")
     p.add_argument("--cases", default=DEFAULT_CASES)
+    p.add_argument("--passes", choices=("all", "forward"), default="all")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     results = []
     for name in a.cases.split(","):
-        results.append(tune_case(parse_case(name)))
+        results.append(tune_case(parse_case(name), a.passes))
         print(json.dumps(results[-1]), flush=True)
         torch.cuda.empty_cache()
     with open(os.path.join(a.out, "tune.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), results=results), f, indent=1)
     lines = [f"# Launch configuration sweep: {torch.cuda.get_device_name()}", "",
              "bf16, 32 query heads, 16k tokens per batch; ms medians. 'current' is the first candidate (the table "
-             "in kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages).", "",
+             "in kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages, TMA).", "",
              "| case | fa2 fwd | cudnn fwd | current fwd | best fwd | fa2 fwd+bwd | cudnn fwd+bwd | current fwd+bwd "
              "| best fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [summary_line(r) for r in results]

@@ -14,6 +14,7 @@ import os
 import statistics
 import threading
 import time
+from dataclasses import astuple
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -37,7 +38,7 @@ def bucket(n: int) -> int:
 
 def cache_file(device: torch.device) -> Path:
     root = Path(os.environ.get("HF_SDPA_CACHE") or Path.home() / ".cache" / "hf_sdpa")
-    gpu = "interpreter" if interpreting() else torch.cuda.get_device_name(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" and not interpreting() else "interpreter"
     tag = "".join(c if c.isalnum() or c in "-." else "_" for c in f"{gpu}-triton{triton.__version__}")
     return root / f"autotune-{tag}.json"
 
@@ -107,7 +108,7 @@ class Tuner:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             saved = {}
-        saved[key] = [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages]
+        saved[key] = list(astuple(cfg))
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(saved, indent=1, sort_keys=True))
         os.replace(tmp, path)

@@ -14,8 +14,8 @@ where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is
 import triton
 import triton.language as tl
 
-from .tiles import (dropout_keep, key_bounds, kv_range, logits, phase_bounds, query_bounds, split_phases,
-                    tile_mask)
+from .tiles import (dropout_keep, key_bounds, kv_range, load_rows, logits, phase_bounds, query_bounds,
+                    split_phases, tile_mask)
 
 
 @triton.jit
@@ -36,31 +36,22 @@ def delta_kernel(O, DO, Delta, stride_ob, stride_oh, stride_om, stride_dob, stri
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, offs_n, offs_d,
+def _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_dom, b, h, offs_n,
                  m_begin, m_end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
                  qk_scale, sm_scale, softcap, dropout_p, seed,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-                 SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Accumulates dK, dV of one key block over query rows [m_begin, m_end); tiles are (keys, rows)."""
-    d_ok = offs_d[None, :] < HEAD_DIM
     for start_m in range(m_begin, m_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :]
-        do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :]
+        q = load_rows(q_src, b, h, start_m, stride_qm, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASKED, TMA)
+        do = load_rows(do_src, b, h, start_m, stride_dom, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASKED, TMA)
         if MASKED:
             row_ok = offs_m < SQ
-            q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok, other=0.0)
-            do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok, other=0.0)
             lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
             delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         else:
-            if BLOCK_D == HEAD_DIM:
-                q = tl.load(q_ptrs)
-                do = tl.load(do_ptrs)
-            else:
-                q = tl.load(q_ptrs, mask=d_ok, other=0.0)
-                do = tl.load(do_ptrs, mask=d_ok, other=0.0)
             lse = tl.load(lse_base + offs_m)
             delta = tl.load(delta_base + offs_m)
         s_t, tanh_t = logits(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
@@ -98,7 +89,8 @@ def attention_bwd_dkdv_kernel(
         H, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
-        HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        TMA: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bhk = tl.program_id(1)
     HK = H // GROUP
@@ -125,17 +117,21 @@ def attention_bwd_dkdv_kernel(
     for g in range(GROUP):
         h = hk * GROUP + g
         bh = b * H + h
-        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        if TMA:  # descriptors address rows by (batch, head, row) themselves
+            q_src = Q
+            do_src = DO
+        else:
+            q_src = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+            do_src = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
         lse_base = Lse + bh.to(tl.int64) * SQ
         delta_base = Delta + bh.to(tl.int64) * SQ
         for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
             begin, end = phase_bounds(phase, m_start, mid_lo, mid_hi, hi)
-            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
-                                  offs_n, offs_d, begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_dom, b, h,
+                                  offs_n, begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
                                   qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M,
                                   phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
-                                  DOT_PRECISION)
+                                  DOT_PRECISION, TMA)
 
     st = ld
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn
@@ -145,28 +141,17 @@ def attention_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n_begin, n_end,
+def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, n_begin, n_end,
                bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                qk_scale, sm_scale, softcap, dropout_p, seed,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Accumulates dQ of one query block over keys [n_begin, n_end); tiles are (rows, keys)."""
-    d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if MASKED:
-            ld = (offs_n[:, None] < SKV) & d_ok
-            k = tl.load(k_ptrs, mask=ld, other=0.0)
-            v = tl.load(v_ptrs, mask=ld, other=0.0)
-        elif BLOCK_D == HEAD_DIM:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=d_ok, other=0.0)
-            v = tl.load(v_ptrs, mask=d_ok, other=0.0)
+        k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
+        v = load_rows(v_src, b, hk, start_n, stride_vn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
         s, tanh_s = logits(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
                            SOFTCAP)
         if MASKED:
@@ -197,7 +182,8 @@ def attention_bwd_dq_kernel(
         H, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
-        HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        TMA: tl.constexpr):
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // H
@@ -213,8 +199,12 @@ def attention_bwd_dq_kernel(
                  + offs_d[None, :], mask=ld, other=0.0)
     lse = tl.load(Lse + bh.to(tl.int64) * SQ + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(Delta + bh.to(tl.int64) * SQ + offs_m, mask=row_ok, other=0.0)
-    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    if TMA:  # descriptors address rows by (batch, head, row) themselves
+        k_src = K
+        v_src = V
+    else:
+        k_src = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+        v_src = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
     keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
     doc_rows = tl.zeros([BLOCK_M], tl.int32)
     if HAS_DOC:
@@ -227,9 +217,9 @@ def attention_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
         begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
-        dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, begin, end,
+        dq = _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, begin, end,
                         bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, qk_scale, sm_scale, softcap,
                         dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES,
-                        HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION)
+                        HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=ld)

@@ -1,4 +1,4 @@
-"""Block sizes, warps and pipeline depth per pass, chosen from the head size, dtype and key length.
+"""Block sizes, warps, pipeline depth and TMA per pass, chosen from the head size, dtype, key length and GPU.
 
 A fixed table, so that the first call of a new shape compiles once and never stalls a training run on a
 search; the entries come from sweeps on an H100 (benchmarks/tune.py, results under benchmarks/results/h100/).
@@ -11,10 +11,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class LaunchConfig:
+    """tma: the tiles a program streams (K/V in the forward and dQ passes, Q/dO in the dK/dV pass) come through
+    tensor descriptors, fetched by Hopper's copy engine (TMA); ops falls back to pointer loads where the strides do
+    not allow it."""
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    tma: bool = False
 
 
 def interpreting() -> bool:
@@ -29,11 +33,14 @@ def head_block(head_dim: int) -> int:
 SHORT_KV = 1024  # at most this many keys: small tiles, since a short inner loop cannot amortise big ones
 
 
-def forward_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
+def forward_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False) -> LaunchConfig:
+    """tma: the GPU has Hopper's copy engine (sm90+); with it small tiles are the fastest (benchmarks/NOTES.md 4)."""
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
     if fp32:
         return LaunchConfig(64, 32, 4, 2) if block_d <= 128 else LaunchConfig(32, 32, 4, 1)
+    if tma:
+        return LaunchConfig(64, 64, 4, 3, True) if block_d <= 128 else LaunchConfig(128, 64, 8, 2, True)
     if block_d <= 128 and kv_len <= SHORT_KV:
         return LaunchConfig(64, 64, 4, 3)
     if block_d <= 64:
@@ -43,8 +50,9 @@ def forward_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
     return LaunchConfig(128, 64, 8, 2)
 
 
-def dkdv_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
-    """block_n is the key block a program owns, block_m the query blocks it streams (for each head of its group)."""
+def dkdv_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, gqa: bool = False) -> LaunchConfig:
+    """block_n is the key block a program owns, block_m the query blocks it streams (for each head of its group).
+    gqa: several query heads share a K/V head, so each program streams several heads' Q and dO."""
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
     if fp32:
@@ -52,30 +60,33 @@ def dkdv_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
     if block_d <= 128 and kv_len <= SHORT_KV:
         return LaunchConfig(32, 64, 4, 2)
     if block_d <= 64:
-        return LaunchConfig(64, 128, 8, 3)
+        return LaunchConfig(64, 64, 4, 3) if tma else LaunchConfig(64, 128, 8, 3)
     if block_d <= 128:
-        return LaunchConfig(32, 128, 8, 3)
-    return LaunchConfig(64, 32, 4, 2)  # head size 256: 32 keys keep the fp32 dK/dV tiles in registers
+        return LaunchConfig(64, 128, 8, 2, True) if tma and gqa else LaunchConfig(32, 128, 8, 3)
+    return LaunchConfig(64, 32, 4, 2)  # head size 256: 32 keys keep the fp32 dK/dV tiles in registers; TMA is slower
 
 
-def dq_config(block_d: int, fp32: bool, kv_len: int) -> LaunchConfig:
+def dq_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, gqa: bool = False) -> LaunchConfig:
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
     if fp32:
         return LaunchConfig(32, 32, 4, 1) if block_d <= 128 else LaunchConfig(32, 16, 4, 1)
+    tma = tma and kv_len > SHORT_KV  # TMA made the dQ pass slower at 512 keys (benchmarks/NOTES.md 4)
     if block_d <= 64:
-        return LaunchConfig(64, 64, 4, 3)
+        return LaunchConfig(64, 64, 4, 3, tma)
     if block_d <= 128:
-        return LaunchConfig(64, 32, 4, 3) if kv_len <= SHORT_KV else LaunchConfig(128, 32, 8, 3)
+        if kv_len <= SHORT_KV or tma and gqa:
+            return LaunchConfig(64, 32, 4, 3, tma)
+        return LaunchConfig(128, 32, 8, 3)
     return LaunchConfig(128, 32, 8, 3)
 
 
 # Alternatives the optional autotuner (autotune.py) and benchmarks/tune.py try per pass and padded head size,
 # fp16/bf16 only: (block_m, block_n, warps, stages).
 CANDIDATES = {
-    "forward": {64: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
-                128: [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4), (64, 128, 4, 2)],
-                256: [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2)]},
+    "forward": {64: [(64, 64, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3)],
+                128: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 2)],
+                256: [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 2)]},
     "dkdv": {64: [(64, 128, 8, 3), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 3)],
              128: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2)],
              256: [(64, 32, 4, 2), (64, 64, 8, 2), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 8, 1)]},
@@ -85,17 +96,21 @@ CANDIDATES = {
 }
 
 
-def candidates(pass_name: str, block_d: int, fp32: bool) -> list:
-    """What the autotuner may try; fp32 keeps the table's choice (its tiles are bound by registers)."""
+def candidates(pass_name: str, block_d: int, fp32: bool, tma: bool = False) -> list:
+    """What the autotuner may try (with TMA first where the GPU has it); fp32 keeps the table's choice (its tiles
+    are bound by registers)."""
     if interpreting():
         return [LaunchConfig(16, 16, 1, 1), LaunchConfig(32, 16, 1, 1), LaunchConfig(16, 32, 1, 1)]
     if fp32:
         return []
-    return [LaunchConfig(*c) for c in CANDIDATES[pass_name][max(64, block_d)]]
+    shapes = CANDIDATES[pass_name][max(64, block_d)]
+    return [LaunchConfig(*c, tma=True) for c in shapes if tma] + [LaunchConfig(*c) for c in shapes]
 
 
 def decode_config(block_d: int, fp32: bool, rows: int) -> LaunchConfig:
-    """Split-KV decode: block_m holds the packed GQA group's query rows (at least 16 for tl.dot)."""
+    """Split-KV decode: block_m holds the packed GQA group's query rows (at least 16 for tl.dot). No TMA: it won
+    4% of GPU time at batch 1 and a 64k cache but costs two descriptors of host time per call, and a decode
+    step is mostly host-bound (benchmarks/NOTES.md 4)."""
     block_m = max(16, 1 << (rows - 1).bit_length())
     if interpreting():
         return LaunchConfig(block_m, 16, 1, 1)

@@ -21,7 +21,7 @@ def attention_decode_split_kernel(
         stride_keep_b, HK, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
-        SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     split = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // HK
@@ -35,8 +35,12 @@ def attention_decode_split_kernel(
     q_ptrs = (Q + b.to(tl.int64) * stride_qb + h[:, None].to(tl.int64) * stride_qh + q_idx[:, None] * stride_qm
               + offs_d[None, :])
     q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    if TMA:  # descriptors address rows by (batch, head, row) themselves
+        k_src = K
+        v_src = V
+    else:
+        k_src = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+        v_src = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
     keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
 
     # The keys the queries see (every query of the block is one of rows 0..SQ-1), cut to this chunk.
@@ -54,11 +58,11 @@ def attention_decode_split_kernel(
     if lo < hi:
         for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
             begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, q_idx, offs_d,
+            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, q_idx,
                                         begin, end, bhk, SQ, SKV, kv_lo, kv_hi, window, keep_base, no_doc,
                                         qk_scale, sm_scale, softcap, 0.0, 0, HEAD_DIM, BLOCK_D, BLOCK_N,
                                         phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, False, SOFTCAP, False,
-                                        DOT_PRECISION)
+                                        DOT_PRECISION, TMA)
     empty = l_i == 0.0
     part = bhk.to(tl.int64) * tl.num_programs(0) + split
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

@@ -1,17 +1,23 @@
 """Launchers for the Triton kernels and the autograd Function that ties the passes together."""
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton before 3.4: pointer loads only
+    TensorDescriptor = None
+
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, delta_kernel
 from .autotune import TUNER, bucket, enabled as autotune_enabled
-from .config import (candidates, decode_config, decode_splits, dkdv_config, dq_config, forward_config, head_block,
-                     interpreting)
+from .config import (LaunchConfig, candidates, decode_config, decode_splits, dkdv_config, dq_config, forward_config,
+                     head_block, interpreting)
 from .decode import attention_decode_merge_kernel, attention_decode_split_kernel
 from .forward import attention_fwd_kernel
-from .tiles import LOG2E, dropout_mask_kernel
+from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 
 # Called as hook(kernel_name, config) before each launch; hf_sdpa.trace adds one to see which kernel ran.
@@ -23,6 +29,7 @@ def _announce(kernel: str, cfg=None, **info):
         return
     if cfg is not None:
         info = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, warps=cfg.num_warps, stages=cfg.num_stages, **info)
+        info.update(dict(TMA=True) if cfg.tma else {})
     for hook in LAUNCH_HOOKS:
         hook(kernel, info)
 
@@ -48,16 +55,53 @@ class Pattern:
     seed: int
 
 
+def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
+    """The hardware tanh for 16-bit inputs on NVIDIA GPUs, where its error is below the dtype's resolution."""
+    if p.softcap is None:
+        return SOFTCAP_NONE.value
+    hardware = q.is_cuda and torch.version.cuda is not None and not interpreting() and q.dtype != torch.float32
+    return (SOFTCAP_HW_TANH if hardware else SOFTCAP_EXACT).value
+
+
 def _pattern_args(p: Pattern, q: torch.Tensor):
     """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes."""
     tensors = tuple(q if t is None else t for t in (p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.doc_start))
     scalars = (p.scale * LOG2E.value, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
     fp32_exact = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     flags = dict(CAUSAL=p.causal, HAS_PADDING=p.kv_lo is not None, HAS_WINDOW=p.window is not None,
-                 HAS_HOLES=p.key_keep is not None, HAS_DOC=p.doc_start is not None, SOFTCAP=p.softcap is not None,
+                 HAS_HOLES=p.key_keep is not None, HAS_DOC=p.doc_start is not None, SOFTCAP=_softcap_mode(p, q),
                  DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32")
     strides = (0 if p.key_keep is None else p.key_keep.stride(0), 0 if p.doc_start is None else p.doc_start.stride(0))
     return tensors, scalars, strides, flags
+
+
+@functools.lru_cache(maxsize=None)
+def has_tma(device: torch.device) -> bool:
+    """Hopper or newer NVIDIA GPU with a Triton that has tensor descriptors: the config table's TMA rows apply."""
+    return (TensorDescriptor is not None and not interpreting() and device.type == "cuda"
+            and torch.version.cuda is not None and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def _descriptor(t: torch.Tensor, rows: int, block_d: int):
+    """A descriptor over t (B, heads, seq, D) reading (rows, block_d) tiles, or None where TMA cannot address t
+    (it needs a 16-byte aligned base and strides)."""
+    strides = list(t.stride())
+    for i in (2, 1, 0):  # a dimension of size 1 may carry any stride: give it the packed one
+        if t.shape[i] == 1:
+            strides[i] = t.shape[i + 1] * strides[i + 1]
+    if t.data_ptr() % 16 or strides[3] != 1 or any(s <= 0 or s * t.element_size() % 16 for s in strides[:3]):
+        return None
+    return TensorDescriptor(t, list(t.shape), strides, [1, 1, rows, block_d])
+
+
+def _streamed(a: torch.Tensor, b: torch.Tensor, cfg: LaunchConfig, rows: int, block_d: int):
+    """(a_arg, b_arg, TMA): the two streamed operands as descriptors when cfg asks for TMA and their strides allow
+    it, else as they are."""
+    if cfg.tma:
+        a_desc, b_desc = _descriptor(a, rows, block_d), _descriptor(b, rows, block_d)
+        if a_desc is not None and b_desc is not None:
+            return a_desc, b_desc, True
+    return a, b, False
 
 
 def _choose(pass_name, default, q, k, flags, launch):
@@ -68,7 +112,8 @@ def _choose(pass_name, default, q, k, flags, launch):
     key = "|".join([pass_name, str(q.dtype).removeprefix("torch."), f"d{block_d}", f"q{bucket(q.shape[2])}",
                     f"kv{bucket(k.shape[2])}", f"group{q.shape[1] // k.shape[1]}"]
                    + [f"{name}={value}" for name, value in sorted(flags.items())])
-    return TUNER.choose(key, default, candidates(pass_name, block_d, q.dtype == torch.float32), launch, q.device)
+    return TUNER.choose(key, default, candidates(pass_name, block_d, q.dtype == torch.float32, has_tma(q.device)),
+                        launch, q.device)
 
 
 def run_forward(q, k, v, p: Pattern):
@@ -81,15 +126,17 @@ def run_forward(q, k, v, p: Pattern):
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
 
     def launch(cfg):
+        k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
         attention_fwd_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
-            q, k, v, out, lse, *tensors, *scalars,
+            q, k_arg, v_arg, out, lse, *tensors, *scalars,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
             H, H // k.shape[1], SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV), q, k, flags, launch)
+    cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV, has_tma(q.device)), q, k, flags,
+                  launch)
     _announce("attention_fwd_kernel", cfg)
     launch(cfg)
     return out, lse
@@ -115,12 +162,13 @@ def run_decode(q, k, v, p: Pattern):
     (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
         _pattern_args(p, q)
     _announce("attention_decode_split_kernel", cfg, splits=splits)
+    k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
     attention_decode_split_kernel[(splits, B * HK)](
-        q, k, v, o_part, lse_part, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap, window, chunk,
+        q, k_arg, v_arg, o_part, lse_part, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap, window, chunk,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), s_keep, HK, group, SQ, SKV,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **{name: flags[name] for name in DECODE_FLAGS},
+        **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _announce("attention_decode_merge_kernel", splits=splits)
     attention_decode_merge_kernel[(B * HK,)](
@@ -147,25 +195,28 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
     def launch_dkdv(cfg):
+        q_arg, do_arg, tma = _streamed(q, do, cfg, cfg.block_m, block_d)
         attention_bwd_dkdv_kernel[(triton.cdiv(SKV, cfg.block_n), B * HK)](
-            q, k, v, do, dk, dv, lse, delta, *tensors, *scalars, *common,
+            q_arg, k, v, do_arg, dk, dv, lse, delta, *tensors, *scalars, *common,
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     def launch_dq(cfg):
+        k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
         attention_bwd_dq_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
-            q, k, v, do, dq, lse, delta, *tensors, *scalars, *common,
+            q, k_arg, v_arg, do, dq, lse, delta, *tensors, *scalars, *common,
             dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV), q, k, flags, launch_dkdv)
+    tma, gqa = has_tma(q.device), H > HK
+    cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dkdv)
     _announce("attention_bwd_dkdv_kernel", cfg)
     launch_dkdv(cfg)
-    cfg = _choose("dq", dq_config(block_d, fp32, SKV), q, k, flags, launch_dq)
+    cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq)
     _announce("attention_bwd_dq_kernel", cfg)
     launch_dq(cfg)
     return dq, dk, dv

@@ -104,6 +104,26 @@ def query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, window,
 
 
 @triton.jit
+def load_rows(src, b, h, start, stride_row, n_rows, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+              BLOCK_D: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
+    """Rows [start, start + BLOCK) of head h of batch row b of Q, K, V or dO as a (BLOCK, BLOCK_D) tile, zero past
+    n_rows and HEAD_DIM. TMA: src is a tensor descriptor over (B, heads, n_rows, HEAD_DIM) and the copy engine
+    (Hopper) fetches the tile; else src points at the head's first row and rows are stride_row apart."""
+    if TMA:
+        return src.load([b, h, start, 0]).reshape(BLOCK, BLOCK_D)
+    else:
+        offs = start + tl.arange(0, BLOCK)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = src + offs[:, None] * stride_row + offs_d[None, :]
+        if MASKED:
+            return tl.load(ptrs, mask=(offs[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        elif BLOCK_D == HEAD_DIM:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+
+
+@triton.jit
 def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
     """True where row q_idx may attend key k_idx; the caller shapes the indices (M, 1)/(1, N) or transposed."""
@@ -120,12 +140,28 @@ def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
     return keep
 
 
+# SOFTCAP values: no softcap, tanh computed exactly, or the GPU's one-instruction tanh.approx.f32 (relative
+# error about 2**-11, below bf16/fp16 resolution; never used for fp32 inputs or under the interpreter).
+SOFTCAP_NONE = tl.constexpr(0)
+SOFTCAP_EXACT = tl.constexpr(1)
+SOFTCAP_HW_TANH = tl.constexpr(2)
+
+
+@triton.jit
+def _tanh(x, SOFTCAP: tl.constexpr):
+    if SOFTCAP == SOFTCAP_HW_TANH:
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
 @triton.jit
 def logits(qk, qk_scale, sm_scale, softcap, SOFTCAP: tl.constexpr):
     """Scores in the log2 domain, and tanh(s / softcap) for the softcap derivative (0 without softcap)."""
-    if SOFTCAP:
-        t = 2.0 * tl.sigmoid(2.0 * (qk * sm_scale) / softcap) - 1.0
-        return (t * softcap) * LOG2E, t
+    if SOFTCAP != SOFTCAP_NONE:
+        t = _tanh(qk * (sm_scale / softcap), SOFTCAP)
+        return t * (softcap * LOG2E), t
     else:
         return qk * qk_scale, 0.0
 

@@ -287,3 +287,44 @@ def test_decode_path_is_chosen_for_a_long_cache_without_gradients():
             attention(q, k, v, causal=True, split_kv=True)
     finally:
         ops.LAUNCH_HOOKS.clear()
+
+
+TMA_CASES = [CASES[i] for i in (2, 3, 4, 5, 7, 9, 10, 11, 12)]
+
+
+@pytest.fixture
+def force_tma(monkeypatch):
+    """Every pass asks for TMA descriptors (the table does so on Hopper only); yields what each launch got."""
+    from dataclasses import replace
+    from hf_sdpa.kernels import ops
+    for name in ("forward_config", "dkdv_config", "dq_config", "decode_config"):
+        table = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, table=table: replace(table(*args), tma=True))
+    used = []
+    streamed = ops._streamed
+
+    def record(*args):
+        result = streamed(*args)
+        used.append(result[2])
+        return result
+    monkeypatch.setattr(ops, "_streamed", record)
+    return used
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
+def test_tma_descriptors_give_the_same_results(case, dtype, force_tma):
+    b, h, hk, sq, skv, d, options = case
+    run_case(b, h, hk, sq, skv, d, dtype, **options)
+    assert force_tma == [True, True, True]  # forward, dK/dV, dQ
+
+
+def test_tma_falls_back_to_pointers_for_strides_it_cannot_address(force_tma):
+    run_case(1, 2, 2, 9, 9, 20, torch.float16, causal=True)  # rows of 40 bytes: not a multiple of 16
+    assert force_tma == [False, False, False]
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
+def test_tma_split_kv_decode(case, force_tma):
+    test_split_kv_decode(case, torch.float16)
+    assert force_tma == [True]

@@ -29,7 +29,6 @@ def _announce(kernel: str, cfg=None, **info):
         return
     if cfg is not None:
         info = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, warps=cfg.num_warps, stages=cfg.num_stages, **info)
-        info.update(dict(TMA=True) if cfg.tma else {})
     for hook in LAUNCH_HOOKS:
         hook(kernel, info)
 
@@ -134,11 +133,11 @@ def run_forward(q, k, v, p: Pattern):
             H, H // k.shape[1], SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
             TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return tma
 
     cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV, has_tma(q.device)), q, k, flags,
                   launch)
-    _announce("attention_fwd_kernel", cfg)
-    launch(cfg)
+    _announce("attention_fwd_kernel", cfg, TMA=launch(cfg))
     return out, lse
 
 
@@ -161,7 +160,6 @@ def run_decode(q, k, v, p: Pattern):
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
         _pattern_args(p, q)
-    _announce("attention_decode_split_kernel", cfg, splits=splits)
     k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
     attention_decode_split_kernel[(splits, B * HK)](
         q, k_arg, v_arg, o_part, lse_part, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap, window, chunk,
@@ -170,6 +168,7 @@ def run_decode(q, k, v, p: Pattern):
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _announce("attention_decode_split_kernel", cfg, splits=splits, TMA=tma)
     _announce("attention_decode_merge_kernel", splits=splits)
     attention_decode_merge_kernel[(B * HK,)](
         o_part, lse_part, out, out.stride(0), out.stride(1), out.stride(2), HK, group, SQ, splits,
@@ -202,6 +201,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             H, H // HK, SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return tma
 
     def launch_dq(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
@@ -211,14 +211,13 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             H, H // HK, SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return tma
 
     tma, gqa = has_tma(q.device), H > HK
     cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dkdv)
-    _announce("attention_bwd_dkdv_kernel", cfg)
-    launch_dkdv(cfg)
+    _announce("attention_bwd_dkdv_kernel", cfg, TMA=launch_dkdv(cfg))
     cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq)
-    _announce("attention_bwd_dq_kernel", cfg)
-    launch_dq(cfg)
+    _announce("attention_bwd_dq_kernel", cfg, TMA=launch_dq(cfg))
     return dq, dk, dv
 
 

@@ -294,20 +294,15 @@ TMA_CASES = [CASES[i] for i in (2, 3, 4, 5, 7, 9, 10, 11, 12)]
 
 @pytest.fixture
 def force_tma(monkeypatch):
-    """Every pass asks for TMA descriptors (the table does so on Hopper only); yields what each launch got."""
+    """Every pass asks for TMA descriptors (the table does so on Hopper only); returns, per launch, whether it
+    got them (as the launch hooks that the doctor and the tracer read report it)."""
     from dataclasses import replace
     from hf_sdpa.kernels import ops
     for name in ("forward_config", "dkdv_config", "dq_config", "decode_config"):
         table = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *args, table=table: replace(table(*args), tma=True))
     used = []
-    streamed = ops._streamed
-
-    def record(*args):
-        result = streamed(*args)
-        used.append(result[2])
-        return result
-    monkeypatch.setattr(ops, "_streamed", record)
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: "TMA" in info and used.append(info["TMA"])])
     return used
 
 

@@ -14,8 +14,8 @@ where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is
 import triton
 import triton.language as tl
 
-from .tiles import (dropout_keep, key_bounds, kv_range, load_rows, logits, phase_bounds, query_bounds,
-                    split_phases, tile_mask)
+from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, phase_bounds,
+                    query_bounds, split_phases, tile_mask)
 
 
 @triton.jit
@@ -117,12 +117,7 @@ def attention_bwd_dkdv_kernel(
     for g in range(GROUP):
         h = hk * GROUP + g
         bh = b * H + h
-        if TMA:  # descriptors address rows by (batch, head, row) themselves
-            q_src = Q
-            do_src = DO
-        else:
-            q_src = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-            do_src = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        q_src, do_src = head_sources(Q, DO, b, h, stride_qb, stride_qh, stride_dob, stride_doh, TMA)
         lse_base = Lse + bh.to(tl.int64) * SQ
         delta_base = Delta + bh.to(tl.int64) * SQ
         for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
@@ -199,12 +194,7 @@ def attention_bwd_dq_kernel(
                  + offs_d[None, :], mask=ld, other=0.0)
     lse = tl.load(Lse + bh.to(tl.int64) * SQ + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(Delta + bh.to(tl.int64) * SQ + offs_m, mask=row_ok, other=0.0)
-    if TMA:  # descriptors address rows by (batch, head, row) themselves
-        k_src = K
-        v_src = V
-    else:
-        k_src = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-        v_src = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    k_src, v_src = head_sources(K, V, b, hk, stride_kb, stride_kh, stride_vb, stride_vh, TMA)
     keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
     doc_rows = tl.zeros([BLOCK_M], tl.int32)
     if HAS_DOC:

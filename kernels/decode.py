@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .forward import _fwd_blocks
-from .tiles import key_bounds, kv_range, phase_bounds, split_phases
+from .tiles import head_sources, key_bounds, kv_range, phase_bounds, split_phases
 
 
 @triton.jit
@@ -35,12 +35,7 @@ def attention_decode_split_kernel(
     q_ptrs = (Q + b.to(tl.int64) * stride_qb + h[:, None].to(tl.int64) * stride_qh + q_idx[:, None] * stride_qm
               + offs_d[None, :])
     q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    if TMA:  # descriptors address rows by (batch, head, row) themselves
-        k_src = K
-        v_src = V
-    else:
-        k_src = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-        v_src = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    k_src, v_src = head_sources(K, V, b, hk, stride_kb, stride_kh, stride_vb, stride_vh, TMA)
     keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
 
     # The keys the queries see (every query of the block is one of rows 0..SQ-1), cut to this chunk.

@@ -7,7 +7,8 @@ output and the row log-sum-exp (log2 units; +inf for a row that sees no key) for
 import triton
 import triton.language as tl
 
-from .tiles import dropout_keep, key_bounds, kv_range, load_rows, logits, phase_bounds, split_phases, tile_mask
+from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, phase_bounds, split_phases,
+                    tile_mask)
 
 
 @triton.jit
@@ -67,12 +68,7 @@ def attention_fwd_kernel(
     q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
     row_ok = offs_m < SQ
     q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    if TMA:  # descriptors address rows by (batch, head, row) themselves
-        k_src = K
-        v_src = V
-    else:
-        k_src = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-        v_src = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    k_src, v_src = head_sources(K, V, b, hk, stride_kb, stride_kh, stride_vb, stride_vh, TMA)
     keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
     doc_rows = tl.zeros([BLOCK_M], tl.int32)
     if HAS_DOC:

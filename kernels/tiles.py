@@ -104,6 +104,17 @@ def query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, window,
 
 
 @triton.jit
+def head_sources(X, Y, b, h, stride_xb, stride_xh, stride_yb, stride_yh, TMA: tl.constexpr):
+    """Where load_rows finds head h of batch row b of two streamed operands: descriptors as they are (they address
+    (batch, head, row) themselves), pointers moved to the head's first row."""
+    if TMA:
+        return X, Y
+    else:
+        return (X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh,
+                Y + b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh)
+
+
+@triton.jit
 def load_rows(src, b, h, start, stride_row, n_rows, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
               BLOCK_D: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
     """Rows [start, start + BLOCK) of head h of batch row b of Q, K, V or dO as a (BLOCK, BLOCK_D) tile, zero past

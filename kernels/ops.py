@@ -20,7 +20,8 @@ from .forward import attention_fwd_kernel
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 
-# Called as hook(kernel_name, config) before each launch; hf_sdpa.trace adds one to see which kernel ran.
+# Called as hook(kernel_name, info) for each launch (blocks, warps, stages, TMA); hf_sdpa.trace and the doctor
+# add one to see which kernel ran and how.
 LAUNCH_HOOKS = []
 
 

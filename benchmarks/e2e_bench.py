@@ -4,7 +4,7 @@ Training: forward + backward + AdamW step in bf16 on full rows (no padding), tok
 steps). Decoding: generate() of --new-tokens tokens for a batch of prompts (greedy, dynamic cache), new
 tokens/s. Issue 4's bar: triton_attention at least as fast as the fastest sdpa_* name in both.
 
-    python benchmarks/e2e_bench.py --size 1b --out benchmarks/results/local     # the device (about 1.1B params)
+    python benchmarks/e2e_bench.py --size 1b --out benchmarks/results/local     # the device (0.85B params)
     python benchmarks/e2e_bench.py --size tiny --names sdpa_math,sdpa_fa2       # a smoke run on a CPU
 """
 import argparse

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call (under 10 minutes) for issue 4's open measurements: decode per call and inside CUDA graphs,
-# a sweep of the decode launch configuration, the end-to-end 1.1B Llama (training and generate() per name),
+# a sweep of the decode launch configuration, the end-to-end 0.85B Llama (training and generate() per name),
 # and where a short call's time goes. Results land in $OUT as one results.tgz (the device tool returns few
 # files per call).
 OUT=${OUT:-benchmarks/results/local}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One device call: the doctor, the GPU test suite (kernels + model matrix in float32 and bfloat16), and
-# optionally the benchmark. Everything it prints lands under $OUT (default benchmarks/results/local).
+# One device call: the doctor and the GPU test suite (kernels, autotuner, model matrix in float32 and bfloat16).
+# Everything it prints lands under $OUT (default benchmarks/results/local). The benchmark is gpu_bench.sh.
 # At most 4 test workers: more run the float64 references of the 4097-token cases out of GPU memory together.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/local}
@@ -13,9 +13,6 @@ if [ "${TESTS:-1}" = 1 ]; then
     HF_SDPA_TEST_DTYPE=$dt python3 -m pytest -q -p no:cacheprovider -rs tests/test_models.py > "$OUT/tests_models_gpu_$dt.txt" 2>&1
     tail -5 "$OUT/tests_models_gpu_$dt.txt"
   done
-  python3 -m pytest -v -n ${WORKERS:-4} -p no:cacheprovider tests/test_registry.py tests/test_kernels.py ${KERNEL_TEST_ARGS:-} > "$OUT/tests_kernels_gpu.txt" 2>&1
+  python3 -m pytest -v -n ${WORKERS:-4} -p no:cacheprovider tests/test_registry.py tests/test_kernels.py tests/test_autotune.py ${KERNEL_TEST_ARGS:-} > "$OUT/tests_kernels_gpu.txt" 2>&1
   tail -5 "$OUT/tests_kernels_gpu.txt"
-fi
-if [ "${BENCH:-0}" = 1 ]; then
-  python3 benchmarks/attention_bench.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tail -80 > "$OUT/bench_log.txt"
 fi

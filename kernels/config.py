@@ -5,6 +5,7 @@ search; the entries come from sweeps on an H100 (benchmarks/tune.py, results und
 HF_SDPA_AUTOTUNE=1 lets autotune.py search CANDIDATES instead, once per machine. Under Triton's CPU interpreter
 the smallest blocks keep tests fast.
 """
+import functools
 import os
 from dataclasses import dataclass
 
@@ -21,8 +22,15 @@ class LaunchConfig:
     tma: bool = False
 
 
+@functools.lru_cache(maxsize=None)
 def interpreting() -> bool:
+    """Triton reads TRITON_INTERPRET once, when it decorates the kernels; so do we (a launch reads it often)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division on the host (triton.cdiv is a slower constexpr function in recent Tritons)."""
+    return -(-a // b)
 
 
 def head_block(head_dim: int) -> int:
@@ -127,4 +135,4 @@ def decode_splits(programs: int, kv_len: int, block_n: int, multiprocessors: int
     """Chunks of the cache per (batch, kv head): about two programs per multiprocessor, each chunk at least
     four key blocks long (one under the interpreter, so that tests see many chunks)."""
     most = max(1, kv_len // ((1 if interpreting() else 4) * block_n))
-    return max(1, min(most, -(-2 * multiprocessors // programs)))
+    return max(1, min(most, cdiv(2 * multiprocessors, programs)))

@@ -3,8 +3,9 @@
 One query block cannot keep a GPU busy when there are only batch * heads of them, and a decode step is
 bound by reading the cache. So the cache is cut into chunks: one program per (chunk, batch * kv head) reads
 its chunk once for every query head of the GQA group at the same time (the group's rows are packed into
-one block), and writes a partial result with its log-sum-exp; a second kernel merges the chunks. Forward
-only: a step that needs gradients takes the regular kernel.
+one block), and writes a partial result with its log-sum-exp. The last program of a (batch, kv head) to
+finish, counted with an atomic, merges the chunks: one launch per step, since a decode step called eagerly
+is bound by the host's launch time. Forward only: a step that needs gradients takes the regular kernel.
 """
 import triton
 import triton.language as tl
@@ -14,11 +15,11 @@ from .tiles import head_sources, key_bounds, kv_range, phase_bounds, split_phase
 
 
 @triton.jit
-def attention_decode_split_kernel(
-        Q, K, V, OPart, LsePart, KvLo, KvHi, Holes, KeyKeep,
+def attention_decode_kernel(
+        Q, K, V, O, OPart, LsePart, Arrived, KvLo, KvHi, Holes, KeyKeep,
         qk_scale, sm_scale, softcap, window, chunk,
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-        stride_keep_b, HK, GROUP, SQ, SKV,
+        stride_ob, stride_oh, stride_om, stride_keep_b, HK, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
         SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
@@ -65,16 +66,19 @@ def attention_decode_split_kernel(
     # -inf: this chunk holds no key for the row and adds nothing when the chunks are merged
     lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     tl.store(LsePart + part * BLOCK_M + rows, lse)
+    # Every thread's stores come before the count (barrier, then a release); the program that counts last
+    # sees all chunks' stores (acquire) and merges them.
+    tl.debug_barrier()
+    if tl.atomic_add(Arrived + bhk, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
+        _merge_chunks(OPart, LsePart, O, stride_ob, stride_oh, stride_om, b, hk, bhk, GROUP, SQ, tl.num_programs(0),
+                      HEAD_DIM, BLOCK_D, BLOCK_M)
 
 
 @triton.jit
-def attention_decode_merge_kernel(
-        OPart, LsePart, O, stride_ob, stride_oh, stride_om, HK, GROUP, SQ, NSPLIT,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Weights each chunk's result by its share of the softmax mass: an online softmax over chunks."""
-    bhk = tl.program_id(0)
-    b = bhk // HK
-    hk = bhk % HK
+def _merge_chunks(OPart, LsePart, O, stride_ob, stride_oh, stride_om, b, hk, bhk, GROUP, SQ, NSPLIT,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Weights each chunk's result by its share of the softmax mass: an online softmax over chunks. The loads
+    skip L1 (.cg): the chunks were written by other multiprocessors."""
     rows = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -82,8 +86,9 @@ def attention_decode_merge_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for split in range(0, NSPLIT):
         part = bhk.to(tl.int64) * NSPLIT + split
-        lse = tl.load(LsePart + part * BLOCK_M + rows)
-        out = tl.load(OPart + part * BLOCK_M * BLOCK_D + rows[:, None] * BLOCK_D + offs_d[None, :])
+        lse = tl.load(LsePart + part * BLOCK_M + rows, cache_modifier=".cg")
+        out = tl.load(OPart + part * BLOCK_M * BLOCK_D + rows[:, None] * BLOCK_D + offs_d[None, :],
+                      cache_modifier=".cg")
         m_new = tl.maximum(m_i, lse)
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_ref)

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -13,9 +12,9 @@ except ImportError:  # Triton before 3.4: pointer loads only
 
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, delta_kernel
 from .autotune import TUNER, bucket, enabled as autotune_enabled
-from .config import (LaunchConfig, candidates, decode_config, decode_splits, dkdv_config, dq_config, forward_config,
-                     head_block, interpreting)
-from .decode import attention_decode_merge_kernel, attention_decode_split_kernel
+from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_splits, dkdv_config, dq_config,
+                     forward_config, head_block, interpreting)
+from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
@@ -82,6 +81,11 @@ def has_tma(device: torch.device) -> bool:
             and torch.version.cuda is not None and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _descriptor(t: torch.Tensor, rows: int, block_d: int):
     """A descriptor over t (B, heads, seq, D) reading (rows, block_d) tiles, or None where TMA cannot address t
     (it needs a 16-byte aligned base and strides)."""
@@ -127,7 +131,7 @@ def run_forward(q, k, v, p: Pattern):
 
     def launch(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        attention_fwd_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
+        attention_fwd_kernel[(cdiv(SQ, cfg.block_m), B * H)](
             q, k_arg, v_arg, out, lse, *tensors, *scalars,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
@@ -152,28 +156,25 @@ def run_decode(q, k, v, p: Pattern):
     group = H // HK
     block_d = head_block(D)
     cfg = decode_config(block_d, q.dtype == torch.float32, group * SQ)
-    sms = 16 if interpreting() else torch.cuda.get_device_properties(q.device).multi_processor_count
+    sms = 16 if interpreting() else _multiprocessors(q.device)
     splits = decode_splits(B * HK, SKV, cfg.block_n, sms)
-    chunk = triton.cdiv(triton.cdiv(SKV, splits), cfg.block_n) * cfg.block_n
-    splits = triton.cdiv(SKV, chunk)
+    chunk = cdiv(cdiv(SKV, splits), cfg.block_n) * cfg.block_n
+    splits = cdiv(SKV, chunk)
     o_part = torch.empty(B * HK, splits, cfg.block_m, block_d, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
+    arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
         _pattern_args(p, q)
     k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-    attention_decode_split_kernel[(splits, B * HK)](
-        q, k_arg, v_arg, o_part, lse_part, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap, window, chunk,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), s_keep, HK, group, SQ, SKV,
+    attention_decode_kernel[(splits, B * HK)](
+        q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap,
+        window, chunk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, HK, group, SQ, SKV,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    _announce("attention_decode_split_kernel", cfg, splits=splits, TMA=tma)
-    _announce("attention_decode_merge_kernel", splits=splits)
-    attention_decode_merge_kernel[(B * HK,)](
-        o_part, lse_part, out, out.stride(0), out.stride(1), out.stride(2), HK, group, SQ, splits,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m)
+    _announce("attention_decode_kernel", cfg, splits=splits, TMA=tma)
     return out
 
 
@@ -185,7 +186,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     delta = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
     rows = 64 if block_d <= 128 else 32
     _announce("delta_kernel", BLOCK_M=rows)
-    delta_kernel[(triton.cdiv(SQ, rows), B * H)](
+    delta_kernel[(cdiv(SQ, rows), B * H)](
         out, do, delta, out.stride(0), out.stride(1), out.stride(2), do.stride(0), do.stride(1), do.stride(2),
         H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows)
 
@@ -196,7 +197,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
 
     def launch_dkdv(cfg):
         q_arg, do_arg, tma = _streamed(q, do, cfg, cfg.block_m, block_d)
-        attention_bwd_dkdv_kernel[(triton.cdiv(SKV, cfg.block_n), B * HK)](
+        attention_bwd_dkdv_kernel[(cdiv(SKV, cfg.block_n), B * HK)](
             q_arg, k, v, do_arg, dk, dv, lse, delta, *tensors, *scalars, *common,
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
@@ -206,7 +207,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
 
     def launch_dq(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        attention_bwd_dq_kernel[(triton.cdiv(SQ, cfg.block_m), B * H)](
+        attention_bwd_dq_kernel[(cdiv(SQ, cfg.block_m), B * H)](
             q, k_arg, v_arg, do, dq, lse, delta, *tensors, *scalars, *common,
             dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
@@ -242,6 +243,6 @@ class TritonAttention(torch.autograd.Function):
 def dropout_keep_mask(seed: int, batch: int, heads: int, q_len: int, kv_len: int, dropout_p: float, device):
     """The (B, H, SQ, SKV) bool pattern of kept probabilities that attention() uses for this seed."""
     out = torch.empty(batch * heads, q_len, kv_len, dtype=torch.uint8, device=device)
-    grid = (triton.cdiv(q_len, 16), triton.cdiv(kv_len, 16), batch * heads)
+    grid = (cdiv(q_len, 16), cdiv(kv_len, 16), batch * heads)
     dropout_mask_kernel[grid](out, seed, q_len, kv_len, dropout_p, BLOCK_M=16, BLOCK_N=16)
     return out.view(batch, heads, q_len, kv_len).bool()

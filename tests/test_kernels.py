@@ -279,7 +279,7 @@ def test_decode_path_is_chosen_for_a_long_cache_without_gradients():
         q = torch.randn(1, 4, 1, 32, device=DEVICE, dtype=torch.float16)
         k, v = (torch.randn(1, 2, 600, 32, device=DEVICE, dtype=torch.float16) for _ in range(2))
         attention(q, k, v, causal=True)
-        assert launched == ["attention_decode_split_kernel", "attention_decode_merge_kernel"]
+        assert launched == ["attention_decode_kernel"]
         launched.clear()
         attention(q.requires_grad_(), k, v, causal=True)  # a gradient needs the regular kernel
         assert launched == ["attention_fwd_kernel"]

@@ -1,5 +1,6 @@
 """The plain-tensor API of our Triton FlashAttention: validation, mask conversion, dispatch to autograd."""
 import math
+import weakref
 from typing import Optional
 
 import torch
@@ -88,6 +89,28 @@ def _key_range(mask: torch.Tensor):
     return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous(), holes.to(torch.int8).contiguous()
 
 
+_last_padding = (lambda: None, -1, None)  # (weak reference to a mask, its version, _padding_pattern of it)
+
+
+def _padding_pattern(mask: torch.Tensor):
+    """(kv_lo, kv_hi, holes, key_keep) for a padding mask, as the kernels take it.
+
+    A model hands one mask tensor to all its layers, so the last conversion is kept while that tensor lives
+    and is unchanged (its version counts in-place writes): one conversion per forward instead of one per
+    layer, a dozen small launches of host time each. Not kept for inference tensors (no version) or while a
+    CUDA graph is captured (the conversion must be part of the graph).
+    """
+    global _last_padding
+    ref, version, pattern = _last_padding
+    cacheable = not mask.is_inference() and not (mask.is_cuda and torch.cuda.is_current_stream_capturing())
+    if cacheable and ref() is mask and mask._version == version:
+        return pattern
+    pattern = (*_key_range(mask), mask.to(torch.int8).contiguous())
+    if cacheable:
+        _last_padding = (weakref.ref(mask), mask._version, pattern)
+    return pattern
+
+
 def _doc_starts(new_doc: torch.Tensor) -> torch.Tensor:
     """(B, S) bool marking each document's first token -> (B, S) int32 index of each token's document start."""
     idx = torch.arange(new_doc.shape[1], device=new_doc.device).expand_as(new_doc)
@@ -140,8 +163,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         return torch.zeros_like(q)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if key_padding_mask is not None:
-        kv_lo, kv_hi, holes = _key_range(key_padding_mask)
-        key_keep = key_padding_mask.to(torch.int8).contiguous()
+        kv_lo, kv_hi, holes, key_keep = _padding_pattern(key_padding_mask)
     else:
         kv_lo = kv_hi = holes = key_keep = None
     doc_start = None

@@ -4,6 +4,7 @@ Our error against float64 must stay within 2x (+ a rounding epsilon) of the erro
 composition in the same precision makes, for the output and for dQ, dK and dV. On the CPU the kernels
 run through Triton's interpreter (fp16 and fp32: its bf16 dot is wrong); on a GPU bf16 joins.
 """
+import importlib
 import os
 
 import pytest
@@ -287,6 +288,31 @@ def test_decode_path_is_chosen_for_a_long_cache_without_gradients():
             attention(q, k, v, causal=True, split_kv=True)
     finally:
         ops.LAUNCH_HOOKS.clear()
+
+
+def test_a_padding_mask_is_converted_once_per_tensor_and_again_after_an_in_place_change(monkeypatch):
+    """Layers share one mask tensor: the key ranges are computed once, and recomputed when the mask changes."""
+    api = importlib.import_module("hf_sdpa.kernels.attention")  # the module, not the function of that name
+    calls = []
+    key_range = api._key_range
+    monkeypatch.setattr(api, "_key_range", lambda m: calls.append(1) or key_range(m))
+    q = torch.randn(2, 2, 1, 16, device=DEVICE, dtype=torch.float16)
+    k, v = (torch.randn(2, 1, 40, 16, device=DEVICE, dtype=torch.float16) for _ in range(2))
+    pad = make_padding("left", 2, 40, DEVICE)
+    for _ in range(3):  # three layers
+        out = attention(q, k, v, causal=True, key_padding_mask=pad)
+    assert len(calls) == 1
+    pad[0, :30] = False  # the first sequence loses more keys
+    out = attention(q, k, v, causal=True, key_padding_mask=pad)
+    assert len(calls) == 2
+    keep = pattern_mask(2, 1, 40, causal=True, padding=pad, device=DEVICE)
+    assert_within("out", out, attention_ref(q, k, v, keep), attention_ref(q, k, v, keep, dtype=torch.float16),
+                  torch.float16)
+    with torch.inference_mode():  # inference tensors have no version to check: never kept
+        inference_pad = pad.clone()
+        attention(q, k, v, causal=True, key_padding_mask=inference_pad)
+        attention(q, k, v, causal=True, key_padding_mask=inference_pad)
+    assert len(calls) == 4
 
 
 TMA_CASES = [CASES[i] for i in (2, 3, 4, 5, 7, 9, 10, 11, 12)]

@@ -1,8 +1,10 @@
 """End to end: a Llama-style model built from a config (random weights) trained and decoding with each name.
 
-Training: forward + backward + AdamW step in bf16 on full rows (no padding), tokens/s (median of the timed
-steps). Decoding: generate() of --new-tokens tokens for a batch of prompts (greedy, dynamic cache), new
-tokens/s. Issue 4's bar: triton_attention at least as fast as the fastest sdpa_* name in both.
+One model serves every name (set_attn_implementation between runs), and the names take turns, round by
+round, so that a slow phase of the machine or a warmer allocator favours none of them. Training: forward +
+backward + AdamW step in bf16 on full rows (no padding), tokens/s (median of the timed rounds). Decoding:
+generate() of --new-tokens tokens for a batch of prompts (greedy, dynamic cache), new tokens/s (median of
+the rounds). Issue 4's bar: triton_attention at least as fast as the fastest sdpa_* name in both.
 
     python benchmarks/e2e_bench.py --size 1b --out benchmarks/results/local     # the device (0.85B params)
     python benchmarks/e2e_bench.py --size tiny --names sdpa_math,sdpa_fa2       # a smoke run on a CPU
@@ -41,33 +43,54 @@ def model_for(size, name, device, dtype, positions):
     return model
 
 
-def train_rate(model, args, device):
+def take_turns(model, names, rounds, warmup, run, device):
+    """{name: [seconds of each timed round]} for the names that ran; {name: why} for those that could not."""
+    times, failed = {name: [] for name in names}, {}
+    for round_ in range(warmup + rounds):
+        for name in [n for n in names if n not in failed]:
+            model.set_attn_implementation(name)
+            try:
+                t0 = now(device)
+                run()
+                seconds = now(device) - t0
+            except AttentionRefused as exc:
+                failed[name] = " ".join(str(exc).split())[:300]
+                continue
+            except torch.OutOfMemoryError:
+                failed[name] = "out of memory"
+                torch.cuda.empty_cache()
+                continue
+            if round_ >= warmup:
+                times[name].append(seconds)
+    return {n: t for n, t in times.items() if n not in failed}, failed
+
+
+def train_rates(model, names, args, device):
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     model.train()
-    times = []
-    for step in range(args.warmup + args.steps):
-        t0 = now(device)
+
+    def step():
         model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= args.warmup:
-            times.append(now(device) - t0)
+
+    times, failed = take_turns(model, names, args.steps, args.warmup, step, device)
     del optimizer
-    return args.batch * args.seq / statistics.median(times)
+    return {n: args.batch * args.seq / statistics.median(t) for n, t in times.items()}, failed
 
 
-def decode_rate(model, args, device):
+def decode_rates(model, names, args, device):
     prompts = torch.randint(0, model.config.vocab_size, (args.decode_batch, args.prompt), device=device)
     model.eval()
-    rates = []
-    with torch.no_grad():
-        for attempt in range(2):  # the first compiles and warms up
-            t0 = now(device)
-            out = model.generate(prompts, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                 do_sample=False, pad_token_id=0)
-            rates.append(args.decode_batch * (out.shape[1] - args.prompt) / (now(device) - t0))
-    return rates[-1]
+
+    def generate():
+        with torch.no_grad():
+            model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=args.new_tokens,
+                           min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+
+    times, failed = take_turns(model, names, args.decode_rounds, 1, generate, device)
+    return {n: args.decode_batch * args.new_tokens / statistics.median(t) for n, t in times.items()}, failed
 
 
 def main():
@@ -81,31 +104,32 @@ def main():
     parser.add_argument("--decode-batch", type=int, default=8)
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--decode-rounds", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    names = args.names.split(",")
+    model = model_for(args.size, names[0], device, dtype, args.seq + args.new_tokens + args.prompt)
+    train, train_failed = train_rates(model, names, args, device)
+    decode, decode_failed = decode_rates(model, [n for n in names if n in train], args, device)
+    params = sum(p.numel() for p in model.parameters())
     rows = []
-    for name in args.names.split(","):
-        model = model_for(args.size, name, device, dtype, args.seq + args.new_tokens + args.prompt)
-        row = {"name": name, "params": sum(p.numel() for p in model.parameters())}
-        try:
-            row["train_tokens_per_s"] = train_rate(model, args, device)
-            row["decode_tokens_per_s"] = decode_rate(model, args, device)
-        except AttentionRefused as exc:
-            row["refused"] = " ".join(str(exc).split())[:300]
-        except torch.OutOfMemoryError:
-            row["failed"] = "out of memory"
+    for n in names:
+        row = {"name": n, "params": params}
+        if n in train and n in decode:
+            row.update(train_tokens_per_s=train[n], decode_tokens_per_s=decode[n])
+        else:
+            why = train_failed.get(n) or decode_failed.get(n)
+            row["refused" if why != "out of memory" else "failed"] = why
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     lines = [f"# End to end: Llama {args.size} ({rows[0]['params'] / 1e9:.2f}B params), {name}, {dtype}, "
              f"torch {torch.__version__}", "",
              f"Training: batch {args.batch} x {args.seq}, AdamW. Decoding: batch {args.decode_batch}, prompt "
-             f"{args.prompt}, {args.new_tokens} new tokens, greedy.", "",
+             f"{args.prompt}, {args.new_tokens} new tokens, greedy. One model, the names taking turns; medians of "
+             f"{args.steps} training and {args.decode_rounds} decoding rounds.", "",
              "| implementation | train tokens/s | decode new tokens/s |", "|---|---|---|"]
     for r in rows:
         if "train_tokens_per_s" in r:

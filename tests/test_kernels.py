@@ -107,6 +107,31 @@ def test_head_sizes(d):
     run_case(1, 2, 1, 20, 20, d, torch.float16, causal=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("growth", ["jump", "creep"])
+def test_forward_follows_a_growing_row_max(growth, dtype):
+    """The forward keeps a stale row max until it grows by 2^8: scores that jump late, or creep up block by
+    block (the stale max in use for several blocks), must give the exact softmax and log-sum-exp."""
+    b, h, sq, skv, d = 2, 2, 48, 160, 32
+    q = torch.randn(b, h, sq, d, device=DEVICE, dtype=dtype)
+    k, v = (torch.randn(b, h, skv, d, device=DEVICE, dtype=dtype) for _ in range(2))
+    if growth == "jump":
+        gain = torch.where(torch.arange(skv, device=DEVICE) >= 96, 8.0, 1.0)
+    else:
+        gain = torch.linspace(1.0, 6.0, skv, device=DEVICE)
+    k = (k.float() * gain[:, None]).to(dtype)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = attention(q, k, v)
+    keep = pattern_mask(b, sq, skv, device=DEVICE)
+    assert_within("out", out, attention_ref(q, k, v, keep), attention_ref(q, k, v, keep, dtype=dtype), dtype)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    exact = torch.autograd.grad(attention_ref(q, k, v, keep), (q, k, v), do.double())
+    low = torch.autograd.grad(attention_ref(q, k, v, keep, dtype=dtype), (q, k, v), do)
+    for name, ours, ref, same in zip("qkv", grads, exact, low):
+        assert_within(f"d{name}", ours, ref, same, dtype)
+
+
 def test_row_without_keys_gives_zeros_not_nan():
     pad = torch.ones(2, 12, dtype=torch.bool, device=DEVICE)
     pad[1] = False

@@ -17,8 +17,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
                 qk_scale, sm_scale, softcap, dropout_p, seed,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-                SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-                LAZY_RESCALE: tl.constexpr):
+                SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
@@ -33,35 +32,17 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
             s = tl.where(keep, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays at zero
-            p = tl.math.exp2(s - m_ref[:, None])
-            alpha = tl.math.exp2(m_i - m_ref)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            m_i = m_new
         else:
-            m_blk = tl.max(s, 1)
-            if LAZY_RESCALE:
-                # Keep the running max until some row's grows by more than 8 (log2 units), as FlashAttention-4
-                # does: p stays below 2^8 (exact in fp32, in range for fp16/bf16) and the rescale of acc, a
-                # multiply per accumulator element, runs only on the few blocks where the max jumps.
-                if tl.max((m_blk > m_i + 8.0).to(tl.int32), 0) > 0:
-                    m_new = tl.maximum(m_i, m_blk)
-                    alpha = tl.math.exp2(m_i - m_new)
-                    acc = acc * alpha[:, None]
-                    l_i = l_i * alpha
-                    m_i = m_new
-                p = tl.math.exp2(s - m_i[:, None])
-                l_i = l_i + tl.sum(p, 1)
-            else:
-                m_new = tl.maximum(m_i, m_blk)
-                p = tl.math.exp2(s - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None]
-                m_i = m_new
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_ref = m_new
+        p = tl.math.exp2(s - m_ref[:, None])
+        alpha = tl.math.exp2(m_i - m_ref)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
         if DROPOUT:
             p = tl.where(dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], SKV, dropout_p), p, 0.0)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
     return acc, l_i, m_i
 
 
@@ -75,7 +56,7 @@ def attention_fwd_kernel(
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
         HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TMA: tl.constexpr, LAZY_RESCALE: tl.constexpr):
+        TMA: tl.constexpr):
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
@@ -107,7 +88,7 @@ def attention_fwd_kernel(
                                     begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                                     qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N,
                                     phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
-                                    DOT_PRECISION, TMA, LAZY_RESCALE)
+                                    DOT_PRECISION, TMA)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

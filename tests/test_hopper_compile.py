@@ -33,7 +33,7 @@ def hopper_ptx(name: str) -> str:
     kernel = getattr(importlib.import_module(f"hf_sdpa.kernels.{module}"), kernel_name)
     flags = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, HAS_PADDING=True,
                  HAS_WINDOW=True, HAS_HOLES=False, HAS_DOC=False, SOFTCAP=SOFTCAP_HW_TANH.value, DROPOUT=False,
-                 DOT_PRECISION="tf32", TMA=True, LAZY_RESCALE=True)
+                 DOT_PRECISION="tf32", TMA=True)
     signature = {}
     for p in kernel.params:
         if p.is_constexpr:

@@ -110,8 +110,8 @@ def test_head_sizes(d):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("growth", ["jump", "creep"])
 def test_forward_follows_a_growing_row_max(growth, dtype):
-    """The forward keeps a stale row max until it grows by 2^8: scores that jump late, or creep up block by
-    block (the stale max in use for several blocks), must give the exact softmax and log-sum-exp."""
+    """The online softmax rescales as the row max grows: scores that jump late, or creep up block by block, give
+    the exact output and gradients (the gradients read the forward's log-sum-exp)."""
     b, h, sq, skv, d = 2, 2, 48, 160, 32
     q = torch.randn(b, h, sq, d, device=DEVICE, dtype=dtype)
     k, v = (torch.randn(b, h, skv, d, device=DEVICE, dtype=dtype) for _ in range(2))

@@ -43,6 +43,12 @@ def model_for(size, name, device, dtype, positions):
     return model
 
 
+def greedy_generate(model, prompts, new_tokens):
+    """Exactly new_tokens greedy tokens per prompt (no padding, so no early stop on a pad id)."""
+    return model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+
 def take_turns(model, names, rounds, warmup, run, device):
     """{name: [seconds of each timed round]} for the names that ran; {name: why} for those that could not."""
     times, failed = {name: [] for name in names}, {}
@@ -75,8 +81,7 @@ def train_rates(model, names, args, device):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    times, failed = take_turns(model, names, args.steps, args.warmup, step, device)
-    del optimizer
+    times, failed = take_turns(model, names, args.steps, args.warmup, step, device)  # the optimizer dies here
     return {n: args.batch * args.seq / statistics.median(t) for n, t in times.items()}, failed
 
 
@@ -86,8 +91,7 @@ def decode_rates(model, names, args, device):
 
     def generate():
         with torch.no_grad():
-            model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=args.new_tokens,
-                           min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+            greedy_generate(model, prompts, args.new_tokens)
 
     times, failed = take_turns(model, names, args.decode_rounds, 1, generate, device)
     return {n: args.decode_batch * args.new_tokens / statistics.median(t) for n, t in times.items()}, failed

@@ -15,12 +15,7 @@ import time
 
 import torch
 
-from e2e_bench import SIZES, model_for
-
-
-def generate(model, prompts, new_tokens):
-    return model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+from e2e_bench import SIZES, greedy_generate, model_for
 
 
 def main():
@@ -43,20 +38,20 @@ def main():
         torch.manual_seed(0)
         prompts = torch.randint(1, model.config.vocab_size, (args.batch, args.prompt), device=device)
         with torch.no_grad():
-            generate(model, prompts, args.new_tokens)  # compile and warm up
+            greedy_generate(model, prompts, args.new_tokens)  # compile and warm up
             sync()
             t0 = time.perf_counter()
-            generate(model, prompts, args.new_tokens)
+            greedy_generate(model, prompts, args.new_tokens)
             sync()
             seconds = time.perf_counter() - t0
             prof = cProfile.Profile()
             prof.enable()
-            generate(model, prompts, args.new_tokens)
+            greedy_generate(model, prompts, args.new_tokens)
             sync()
             prof.disable()
             activity = torch.profiler.ProfilerActivity.CUDA if device == "cuda" else torch.profiler.ProfilerActivity.CPU
             with torch.profiler.profile(activities=[activity]) as gpu:
-                generate(model, prompts, args.new_tokens)
+                greedy_generate(model, prompts, args.new_tokens)
                 sync()
         gpu_us = sum(e.self_device_time_total for e in gpu.key_averages())
         summary = (f"## {name}: {args.batch * args.new_tokens / seconds:.0f} new tokens/s, "

@@ -3,8 +3,12 @@
 One model serves every name (set_attn_implementation between runs), and the names take turns, round by
 round, so that a slow phase of the machine or a warmer allocator favours none of them. Training: forward +
 backward + AdamW step in bf16 on full rows (no padding), tokens/s (median of the timed rounds). Decoding:
-generate() of --new-tokens tokens for a batch of prompts (greedy, dynamic cache), new tokens/s (median of
-the rounds). Issue 4's bar: triton_attention at least as fast as the fastest sdpa_* name in both.
+generate() of --new-tokens tokens for a batch of prompts (greedy), new tokens/s (median of the rounds).
+Issue 4's bar: triton_attention at least as fast as the fastest sdpa_* name in both.
+
+--cache static decodes with a static cache, for which generate() compiles the decode step on CUDA
+(torch.compile, mode "reduce-overhead": CUDA graphs). There the names run one after the other, each from a
+fresh compile (taking turns would recompile at every switch), and --decode-only skips the training.
 
     python benchmarks/e2e_bench.py --size 1b --out benchmarks/results/local     # the device (0.85B params)
     python benchmarks/e2e_bench.py --size tiny --names sdpa_math,sdpa_fa2       # a smoke run on a CPU
@@ -43,10 +47,10 @@ def model_for(size, name, device, dtype, positions):
     return model
 
 
-def greedy_generate(model, prompts, new_tokens):
+def greedy_generate(model, prompts, new_tokens, cache="dynamic"):
     """Exactly new_tokens greedy tokens per prompt (no padding, so no early stop on a pad id)."""
     return model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, cache_implementation=cache)
 
 
 def take_turns(model, names, rounds, warmup, run, device):
@@ -91,9 +95,17 @@ def decode_rates(model, names, args, device):
 
     def generate():
         with torch.no_grad():
-            greedy_generate(model, prompts, args.new_tokens)
+            greedy_generate(model, prompts, args.new_tokens, args.cache)
 
-    times, failed = take_turns(model, names, args.decode_rounds, 1, generate, device)
+    if args.cache == "dynamic":
+        times, failed = take_turns(model, names, args.decode_rounds, 1, generate, device)
+    else:
+        times, failed = {}, {}
+        for name in names:  # compiled: one name at a time, two warm-up rounds (compile, then CUDA-graph capture)
+            torch._dynamo.reset()
+            got, why = take_turns(model, [name], args.decode_rounds, 2, generate, device)
+            times.update(got)
+            failed.update(why)
     return {n: args.decode_batch * args.new_tokens / statistics.median(t) for n, t in times.items()}, failed
 
 
@@ -109,20 +121,26 @@ def main():
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--decode-rounds", type=int, default=3)
+    parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static"))
+    parser.add_argument("--decode-only", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     names = args.names.split(",")
     model = model_for(args.size, names[0], device, dtype, args.seq + args.new_tokens + args.prompt)
-    train, train_failed = train_rates(model, names, args, device)
-    decode, decode_failed = decode_rates(model, [n for n in names if n in train], args, device)
+    if args.decode_only:
+        train, train_failed = {}, {}
+        decode, decode_failed = decode_rates(model, names, args, device)
+    else:
+        train, train_failed = train_rates(model, names, args, device)
+        decode, decode_failed = decode_rates(model, [n for n in names if n in train], args, device)
     params = sum(p.numel() for p in model.parameters())
     rows = []
     for n in names:
         row = {"name": n, "params": params}
-        if n in train and n in decode:
-            row.update(train_tokens_per_s=train[n], decode_tokens_per_s=decode[n])
+        if n in decode and (n in train or args.decode_only):
+            row.update(train_tokens_per_s=train.get(n), decode_tokens_per_s=decode[n])
         else:
             why = train_failed.get(n) or decode_failed.get(n)
             row["refused" if why != "out of memory" else "failed"] = why
@@ -132,12 +150,15 @@ def main():
     lines = [f"# End to end: Llama {args.size} ({rows[0]['params'] / 1e9:.2f}B params), {name}, {dtype}, "
              f"torch {torch.__version__}", "",
              f"Training: batch {args.batch} x {args.seq}, AdamW. Decoding: batch {args.decode_batch}, prompt "
-             f"{args.prompt}, {args.new_tokens} new tokens, greedy. One model, the names taking turns; medians of "
-             f"{args.steps} training and {args.decode_rounds} decoding rounds.", "",
+             f"{args.prompt}, {args.new_tokens} new tokens, greedy, {args.cache} cache"
+             f"{' (decode step compiled, CUDA graphs)' if args.cache == 'static' else ''}. One model"
+             f"{', the names taking turns' if args.cache == 'dynamic' else ''}; medians of "
+             f"{0 if args.decode_only else args.steps} training and {args.decode_rounds} decoding rounds.", "",
              "| implementation | train tokens/s | decode new tokens/s |", "|---|---|---|"]
     for r in rows:
-        if "train_tokens_per_s" in r:
-            lines.append(f"| {r['name']} | {r['train_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.0f} |")
+        if "decode_tokens_per_s" in r:
+            train_rate = "" if r["train_tokens_per_s"] is None else f"{r['train_tokens_per_s']:.0f}"
+            lines.append(f"| {r['name']} | {train_rate} | {r['decode_tokens_per_s']:.0f} |")
         else:
             lines.append(f"| {r['name']} | {r.get('refused') or r.get('failed')} | |")
     table = "\n".join(lines) + "\n"
@@ -145,8 +166,9 @@ def main():
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "e2e.json").write_text(json.dumps({"device": name, "args": vars(args), "rows": rows}, indent=1))
-        (out / "e2e.md").write_text(table)
+        stem = "e2e" if args.cache == "dynamic" else f"e2e_{args.cache}_cache"
+        (out / f"{stem}.json").write_text(json.dumps({"device": name, "args": vars(args), "rows": rows}, indent=1))
+        (out / f"{stem}.md").write_text(table)
 
 
 if __name__ == "__main__":

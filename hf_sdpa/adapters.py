@@ -56,29 +56,50 @@ def _last_key_hidden(mask_function, q_offset, q_length, kv_offset, kv_length) ->
 
 
 def triton_attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0,
-                          mask_function=causal_mask_function, attention_mask=None, **kwargs):
-    """The 2-D key padding mask (or None), as flash_attention_mask gives it.
+                          mask_function=causal_mask_function, attention_mask=None, local_size=None, device=None,
+                          **kwargs):
+    """The 2-D key padding mask (or None), as flash_attention_mask gives it, with a static cache's empty slots.
 
-    With a static cache the mask covers only the tokens seen so far, shorter than the cache: the attention
-    function then reads just that prefix of the cache (FA2's rule). An empty tail without such a mask (no
-    attention mask given) is refused: causal attention is aligned to the last key.
+    With a static cache the mask covers only the tokens seen so far, shorter than the cache (Transformers drops
+    an all-True mask: then it is made here). For one query (a decode step) the empty slots are masked: the mask
+    is padded to the cache's length, so that its shape, and the shapes a compiled decode step sees, stay fixed
+    (torch.compile and CUDA graphs record the step once). For several queries, whose causal diagonal must end at
+    the last seen token, and for a sliding-window layer whose cache is longer than its window, the attention
+    function reads just the seen prefix of the cache instead (FA2's rule).
     """
-    mask = flash_attention_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function=mask_function,
-                                attention_mask=attention_mask, **kwargs)
-    if (mask is None or mask.shape[1] >= kv_length) and _last_key_hidden(mask_function, q_offset, q_length,
-                                                                          kv_offset, kv_length):
+    if attention_mask is not None and torch.compiler.is_compiling():
+        # flash_attention_mask drops a mask that is all True: a data-dependent branch, which would break the graph.
+        # An all-True mask costs the kernel almost nothing (one key range per row).
+        mask = attention_mask[:, -kv_length:]
+    else:
+        mask = flash_attention_mask(batch_size, q_length, kv_length, q_offset, kv_offset,
+                                    mask_function=mask_function, attention_mask=attention_mask, **kwargs)
+    empty_tail = _last_key_hidden(mask_function, q_offset, q_length, kv_offset, kv_length)
+    # A static cache's layers give their offsets as tensors (so that a compiled step keeps its shapes)
+    static = isinstance(q_offset, torch.Tensor) or isinstance(kv_offset, torch.Tensor)
+    one_query = q_length == 1 and (local_size is None or kv_length <= local_size)  # any window spans the cache
+    if mask is None and (empty_tail or static) and device is not None:
+        if one_query:  # the slots of the tokens seen so far, without asking the device how many there are
+            slots = torch.arange(kv_length, device=device) + kv_offset
+            # contiguous like the padded masks: a compiled step guards on the mask's strides
+            return (slots < q_offset + q_length).expand(batch_size, kv_length).contiguous()
+        mask = torch.ones(batch_size, int(q_offset + q_length - kv_offset), dtype=torch.bool, device=device)
+    if mask is not None and mask.shape[1] < kv_length and one_query:
+        return torch.nn.functional.pad(mask.bool(), (0, kv_length - mask.shape[1]))
+    if empty_tail and (mask is None or (q_length > 1 and mask.shape[1] >= kv_length)):
         raise AttentionRefused(
-            "triton_attention aligns causal attention to the last key, so it cannot run a static cache with empty "
-            "slots without an attention mask. Pass attention_mask (generate() does), or use the default dynamic "
-            "cache (generate(..., cache_implementation='dynamic')).")
+            "triton_attention aligns causal attention to the last key, so it cannot run queries against a static "
+            "cache's empty slots unless the mask covers just the tokens seen so far (generate() passes such a "
+            "mask). Pass that attention_mask, or use the default dynamic cache "
+            "(generate(..., cache_implementation='dynamic')).")
     return mask
 
 
-@torch.compiler.disable  # runs eagerly between compiled graphs (the mask-to-range conversion is data-dependent)
 def triton_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                              sliding_window=None, softcap=None, position_ids=None, cu_seq_lens_q=None,
                              cu_seq_lens_k=None, **kwargs):
-    """Transformers attention function for our Triton kernel: padding as a key range, packing from position ids."""
+    """Transformers attention function for our Triton kernel: padding as a key range, packing from position ids.
+    Traceable: under torch.compile the kernels are custom ops inside the graph (see kernels/library.py)."""
     _refuse_kwargs("triton_attention", kwargs)
     if attention_mask is not None and attention_mask.dim() != 2:
         raise AttentionRefused(

@@ -8,7 +8,8 @@ import torch
 from ..errors import AttentionRefused
 from .config import DECODE_MAX_QUERIES, DECODE_MAX_ROWS, DECODE_MIN_KEYS, interpreting
 from .autocast import autocast_inputs
-from .ops import Pattern, TritonAttention, run_decode
+from .library import TritonAttention, decode
+from .ops import Pattern
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -92,22 +93,27 @@ def _key_range(mask: torch.Tensor):
 _last_padding = (lambda: None, -1, None)  # (weak reference to a mask, its version, _padding_pattern of it)
 
 
+def _convert_padding(mask: torch.Tensor):
+    return (*_key_range(mask), mask.to(torch.int8).contiguous())
+
+
 def _padding_pattern(mask: torch.Tensor):
     """(kv_lo, kv_hi, holes, key_keep) for a padding mask, as the kernels take it.
 
     A model hands one mask tensor to all its layers, so the last conversion is kept while that tensor lives
     and is unchanged (its version counts in-place writes): one conversion per forward instead of one per
-    layer, a dozen small launches of host time each. Not kept for inference tensors (no version) or while a
-    CUDA graph is captured (the conversion must be part of the graph).
+    layer, a dozen small launches of host time each. Not kept for inference tensors (no version), under
+    torch.compile (the graph has the conversion) or while a CUDA graph is captured (the same).
     """
     global _last_padding
+    if torch.compiler.is_compiling() or mask.is_inference() or (mask.is_cuda and
+                                                                 torch.cuda.is_current_stream_capturing()):
+        return _convert_padding(mask)
     ref, version, pattern = _last_padding
-    cacheable = not mask.is_inference() and not (mask.is_cuda and torch.cuda.is_current_stream_capturing())
-    if cacheable and ref() is mask and mask._version == version:
+    if ref() is mask and mask._version == version:
         return pattern
-    pattern = (*_key_range(mask), mask.to(torch.int8).contiguous())
-    if cacheable:
-        _last_padding = (weakref.ref(mask), mask._version, pattern)
+    pattern = _convert_padding(mask)
+    _last_padding = (weakref.ref(mask), mask._version, pattern)
     return pattern
 
 
@@ -182,8 +188,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if split_kv and lacks:
         _refuse(f"split_kv=True needs {lacks}.", "Leave split_kv=None to choose automatically.")
     if split_kv or (split_kv is None and not lacks and SKV >= DECODE_MIN_KEYS):
-        return run_decode(q, k, v, pattern)
-    return TritonAttention.apply(q, k, v, pattern)
+        return decode(q, k, v, pattern)
+    return TritonAttention.apply(q, k, v, *pattern.args())
 
 
 def _decode_lacks(q, k, v, dropout_p, doc_start) -> Optional[str]:

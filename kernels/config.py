@@ -5,7 +5,6 @@ search; the entries come from sweeps on an H100 (benchmarks/tune.py, results und
 HF_SDPA_AUTOTUNE=1 lets autotune.py search CANDIDATES instead, once per machine. Under Triton's CPU interpreter
 the smallest blocks keep tests fast.
 """
-import functools
 import os
 from dataclasses import dataclass
 
@@ -22,10 +21,13 @@ class LaunchConfig:
     tma: bool = False
 
 
-@functools.lru_cache(maxsize=None)
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def interpreting() -> bool:
-    """Triton reads TRITON_INTERPRET once, when it decorates the kernels; so do we (a launch reads it often)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Triton reads TRITON_INTERPRET once, when it decorates the kernels; so do we, at import (a launch asks often,
+    and torch.compile traces a constant read without a warning, unlike a cached function)."""
+    return _INTERPRET
 
 
 def cdiv(a: int, b: int) -> int:

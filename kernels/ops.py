@@ -1,4 +1,5 @@
-"""Launchers for the Triton kernels and the autograd Function that ties the passes together."""
+"""Launchers for the Triton kernels: arguments, launch configuration, scratch buffers (library.py wraps them for
+autograd and torch.compile)."""
 import functools
 from dataclasses import dataclass
 from typing import Optional
@@ -52,6 +53,11 @@ class Pattern:
     scale: float
     dropout_p: float
     seed: int
+
+    def args(self) -> tuple:
+        """The fields in order, flat (Pattern(*p.args()) == p), for torch.library ops that take no dataclass."""
+        return (self.kv_lo, self.kv_hi, self.key_keep, self.holes, self.doc_start, self.causal, self.window,
+                self.softcap, self.scale, self.dropout_p, self.seed)
 
 
 def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
@@ -221,23 +227,6 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq)
     _announce("attention_bwd_dq_kernel", cfg, TMA=launch_dq(cfg))
     return dq, dk, dv
-
-
-class TritonAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, pattern: Pattern):
-        out, lse = run_forward(q, k, v, pattern)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.pattern = pattern
-        return out
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse = ctx.saved_tensors
-        if do.stride(-1) != 1:
-            do = do.contiguous()
-        dq, dk, dv = run_backward(q, k, v, out, lse, do, ctx.pattern)
-        return dq, dk, dv, None
 
 
 def dropout_keep_mask(seed: int, batch: int, heads: int, q_len: int, kv_len: int, dropout_p: float, device):

@@ -185,6 +185,23 @@ def test_static_cache_generation(arch, name):
         assert_matches("scores", result["scores"][finite], ref_scores[finite])
 
 
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_static_cache_generation_without_padding(arch):
+    """Unpadded prompts: Transformers drops the all-True mask, and triton_attention still sees the cache's
+    empty slots (the seen prefix in the prefill, a padded mask in the decode steps): eager's tokens and scores."""
+    model = build(CAUSAL_LMS[arch]).float().eval()
+    ids = torch.randint(1, 128, (2, 12), device=DEVICE)
+    mask = torch.ones_like(ids)
+    model.set_attn_implementation("eager")
+    ref_tokens, ref_scores = generate_scores(model, ids, mask, "static")
+    model.set_attn_implementation("triton_attention")
+    tokens, scores = generate_scores(model, ids, mask, "static")
+    assert torch.equal(tokens, ref_tokens)
+    finite = torch.isfinite(ref_scores)  # the end-of-sequence token is held back (min_new_tokens): -inf
+    assert torch.equal(finite, torch.isfinite(scores))
+    assert_matches("scores", scores[finite], ref_scores[finite])
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_packed_sequences(name):
     """Two documents per row, separated only by position_ids (use_cache=False, as eager then honours them)."""
@@ -250,3 +267,37 @@ def test_from_pretrained_and_from_config_take_every_name(tmp_path):
         assert loaded.config._attn_implementation == name
         fresh = tf.AutoModelForCausalLM.from_config(copy.deepcopy(model.config), attn_implementation=name)
         assert fresh.config._attn_implementation == name
+
+
+def compiled_generate_counts(model, name, ids, mask):
+    """(tokens, graphs compiled, graph breaks) of generate() with a static cache and its decode step compiled
+    (what generate() does by itself on CUDA; forced here on every device)."""
+    from torch._dynamo.utils import counters
+    model.set_attn_implementation(name)
+    torch._dynamo.reset()
+    counters.clear()
+    config = tf.CompileConfig()
+    config._compile_all_devices = True
+    tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                            cache_implementation="static", compile_config=config)
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    torch._dynamo.reset()
+    return tokens, graphs, breaks
+
+
+@pytest.mark.parametrize("arch,padded", [("llama", True), ("mistral", True), ("llama", False)])
+def test_compiled_static_cache_generation(arch, padded):
+    """With triton_attention the compiled decode step has no graph break and compiles no more often than with
+    sdpa (the padding mask keeps its length from step to step), and greedy decoding gives eager's tokens."""
+    model = build(CAUSAL_LMS[arch]).float().eval()
+    ids, mask = left_padded_batch()
+    if not padded:
+        mask = torch.ones_like(mask)
+    model.set_attn_implementation("eager")
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6,
+                              do_sample=False, cache_implementation="static", disable_compile=True)
+    tokens, graphs, breaks = compiled_generate_counts(model, "triton_attention", ids, mask)
+    _, sdpa_graphs, _ = compiled_generate_counts(model, "sdpa", ids, mask)
+    assert breaks == 0
+    assert 1 <= graphs <= sdpa_graphs
+    assert torch.equal(tokens, expected)

@@ -1,0 +1,94 @@
+"""The launchers as torch.library custom ops, and the autograd Function that ties the passes together.
+
+Under torch.compile, Dynamo cannot trace into a Triton launcher that picks its configuration and allocates its
+scratch buffers in Python; as custom ops (with fake implementations that give the outputs' shapes and strides)
+our kernels stay inside the compiled graph instead of breaking it, and CUDA graphs (mode="reduce-overhead",
+generate() with a static cache) capture their launches. Called eagerly, the launchers run directly: a custom
+op's dispatch would add host time to every call, and an eager decode step is bound by host time.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .ops import Pattern, run_backward, run_decode, run_forward
+
+
+def _out_like(q: Tensor) -> Tensor:
+    """The (B, H, SQ, D) view of a (B, SQ, H, D) buffer that the forward and decode launchers return."""
+    B, H, SQ, D = q.shape
+    return q.new_empty(B, SQ, H, D).transpose(1, 2)
+
+
+@torch.library.custom_op("hf_sdpa::attention_forward", mutates_args=())
+def _forward_op(q: Tensor, k: Tensor, v: Tensor, kv_lo: Optional[Tensor], kv_hi: Optional[Tensor],
+                key_keep: Optional[Tensor], holes: Optional[Tensor], doc_start: Optional[Tensor], causal: bool,
+                window: Optional[int], softcap: Optional[float], scale: float, dropout_p: float,
+                seed: int) -> Tuple[Tensor, Tensor]:
+    return run_forward(q, k, v, Pattern(kv_lo, kv_hi, key_keep, holes, doc_start, causal, window, softcap, scale,
+                                        dropout_p, seed))
+
+
+@_forward_op.register_fake
+def _(q, k, v, *pattern):
+    return _out_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("hf_sdpa::attention_backward", mutates_args=())
+def _backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, kv_lo: Optional[Tensor],
+                 kv_hi: Optional[Tensor], key_keep: Optional[Tensor], holes: Optional[Tensor],
+                 doc_start: Optional[Tensor], causal: bool, window: Optional[int], softcap: Optional[float],
+                 scale: float, dropout_p: float, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+    return run_backward(q, k, v, out, lse, do, Pattern(kv_lo, kv_hi, key_keep, holes, doc_start, causal, window,
+                                                       softcap, scale, dropout_p, seed))
+
+
+@_backward_op.register_fake
+def _(do, q, k, v, out, lse, *pattern):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+@torch.library.custom_op("hf_sdpa::attention_decode", mutates_args=())
+def _decode_op(q: Tensor, k: Tensor, v: Tensor, kv_lo: Optional[Tensor], kv_hi: Optional[Tensor],
+               key_keep: Optional[Tensor], holes: Optional[Tensor], doc_start: Optional[Tensor], causal: bool,
+               window: Optional[int], softcap: Optional[float], scale: float, dropout_p: float, seed: int) -> Tensor:
+    return run_decode(q, k, v, Pattern(kv_lo, kv_hi, key_keep, holes, doc_start, causal, window, softcap, scale,
+                                       dropout_p, seed))
+
+
+@_decode_op.register_fake
+def _(q, k, v, *pattern):
+    return _out_like(q)
+
+
+def decode(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern) -> Tensor:
+    """The split-KV decode pass (no gradient)."""
+    if torch.compiler.is_compiling():
+        return _decode_op(q, k, v, *pattern.args())
+    return run_decode(q, k, v, pattern)
+
+
+class TritonAttention(torch.autograd.Function):
+    """Forward and backward passes; the pattern comes flat (Pattern.args()) so that Dynamo can trace the call."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, *pattern):
+        if torch.compiler.is_compiling():
+            out, lse = _forward_op(q, k, v, *pattern)
+        else:
+            out, lse = run_forward(q, k, v, Pattern(*pattern))
+        ctx.save_for_backward(q, k, v, out, lse, *pattern[:5])
+        ctx.scalars = pattern[5:]
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, *tensors = ctx.saved_tensors
+        pattern = (*tensors, *ctx.scalars)
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        if torch.compiler.is_compiling():
+            dq, dk, dv = _backward_op(do, q, k, v, out, lse, *pattern)
+        else:
+            dq, dk, dv = run_backward(q, k, v, out, lse, do, Pattern(*pattern))
+        return (dq, dk, dv) + (None,) * len(pattern)

@@ -8,7 +8,8 @@ Issue 4's bar: triton_attention at least as fast as the fastest sdpa_* name in b
 
 --cache static decodes with a static cache, for which generate() compiles the decode step on CUDA
 (torch.compile, mode "reduce-overhead": CUDA graphs). There the names run one after the other, each from a
-fresh compile (taking turns would recompile at every switch), and --decode-only skips the training.
+fresh compile (taking turns would recompile at every switch). --compile trains through torch.compile(model);
+--phases train or decode runs one of the two.
 
     python benchmarks/e2e_bench.py --size 1b --out benchmarks/results/local     # the device (0.85B params)
     python benchmarks/e2e_bench.py --size tiny --names sdpa_math,sdpa_fa2       # a smoke run on a CPU
@@ -79,9 +80,13 @@ def train_rates(model, names, args, device):
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     model.train()
+    forward = model
+    if args.compile:  # one compiled model; each name gets its own graphs, kept while the names take turns
+        torch._dynamo.config.recompile_limit = 64
+        forward = torch.compile(model)
 
     def step():
-        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        forward(input_ids=ids, labels=ids, use_cache=False).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -122,51 +127,52 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--decode-rounds", type=int, default=3)
     parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static"))
-    parser.add_argument("--decode-only", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile(model)")
+    parser.add_argument("--phases", default="train,decode", choices=("train,decode", "train", "decode"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     names = args.names.split(",")
     model = model_for(args.size, names[0], device, dtype, args.seq + args.new_tokens + args.prompt)
-    if args.decode_only:
-        train, train_failed = {}, {}
-        decode, decode_failed = decode_rates(model, names, args, device)
-    else:
+    train, train_failed, decode, decode_failed = {}, {}, {}, {}
+    if "train" in args.phases:
         train, train_failed = train_rates(model, names, args, device)
-        decode, decode_failed = decode_rates(model, [n for n in names if n in train], args, device)
+        names_left = [n for n in names if n in train]
+    if "decode" in args.phases:
+        decode, decode_failed = decode_rates(model, names_left if "train" in args.phases else names, args, device)
     params = sum(p.numel() for p in model.parameters())
     rows = []
     for n in names:
-        row = {"name": n, "params": params}
-        if n in decode and (n in train or args.decode_only):
-            row.update(train_tokens_per_s=train.get(n), decode_tokens_per_s=decode[n])
-        else:
-            why = train_failed.get(n) or decode_failed.get(n)
+        row = {"name": n, "params": params, "train_tokens_per_s": train.get(n), "decode_tokens_per_s": decode.get(n)}
+        why = train_failed.get(n) or decode_failed.get(n)
+        if why:
             row["refused" if why != "out of memory" else "failed"] = why
         rows.append(row)
         print(json.dumps(row), flush=True)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     lines = [f"# End to end: Llama {args.size} ({rows[0]['params'] / 1e9:.2f}B params), {name}, {dtype}, "
              f"torch {torch.__version__}", "",
-             f"Training: batch {args.batch} x {args.seq}, AdamW. Decoding: batch {args.decode_batch}, prompt "
+             f"Training: batch {args.batch} x {args.seq}, AdamW{', torch.compile(model)' if args.compile else ''}, "
+             f"the names taking turns, median of {args.steps} rounds. Decoding: batch {args.decode_batch}, prompt "
              f"{args.prompt}, {args.new_tokens} new tokens, greedy, {args.cache} cache"
-             f"{' (decode step compiled, CUDA graphs)' if args.cache == 'static' else ''}. One model"
-             f"{', the names taking turns' if args.cache == 'dynamic' else ''}; medians of "
-             f"{0 if args.decode_only else args.steps} training and {args.decode_rounds} decoding rounds.", "",
+             + (", decode step compiled (CUDA graphs), each name in its own block" if args.cache == "static"
+                else ", the names taking turns") + f", median of {args.decode_rounds} rounds. Phases run: "
+             f"{args.phases}.", "",
              "| implementation | train tokens/s | decode new tokens/s |", "|---|---|---|"]
     for r in rows:
-        if "decode_tokens_per_s" in r:
-            train_rate = "" if r["train_tokens_per_s"] is None else f"{r['train_tokens_per_s']:.0f}"
-            lines.append(f"| {r['name']} | {train_rate} | {r['decode_tokens_per_s']:.0f} |")
-        else:
+        rates = [r[key] for key in ("train_tokens_per_s", "decode_tokens_per_s")]
+        if r.get("refused") or r.get("failed"):
             lines.append(f"| {r['name']} | {r.get('refused') or r.get('failed')} | |")
+        else:
+            lines.append(f"| {r['name']} | " + " | ".join("" if x is None else f"{x:.0f}" for x in rates) + " |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = "e2e" if args.cache == "dynamic" else f"e2e_{args.cache}_cache"
+        stem = "e2e" + ("_compiled_training" if args.compile and "train" in args.phases else "") + (
+            "_static_cache" if args.cache == "static" and "decode" in args.phases else "")
         (out / f"{stem}.json").write_text(json.dumps({"device": name, "args": vars(args), "rows": rows}, indent=1))
         (out / f"{stem}.md").write_text(table)
 

@@ -7,5 +7,5 @@ source benchmarks/device_setup.sh "$R"
 timeout "${TEST_S:-240}" python3 -m pytest -q -n "${WORKERS:-4}" -p no:cacheprovider -rs tests/test_threads_compile.py \
   tests/test_models.py -k "compile or static" > "$R/tests_compile_gpu.txt" 2>&1
 tail -4 "$R/tests_compile_gpu.txt"
-cd benchmarks && timeout "${E2E_S:-300}" python3 e2e_bench.py --size 1b --cache static --decode-only \
+cd benchmarks && timeout "${E2E_S:-300}" python3 e2e_bench.py --size 1b --cache static --phases decode \
   --names "${NAMES:-triton_attention,sdpa}" --prompt "${PROMPT:-512}" --out "$R" 2>&1 | grep -v Warning | tail -12

@@ -55,7 +55,7 @@ class Pattern:
     seed: int
 
     def args(self) -> tuple:
-        """The fields in order, flat (Pattern(*p.args()) == p), for torch.library ops that take no dataclass."""
+        """The fields in order, flat (Pattern(*p.args()) rebuilds p), for torch.library ops, which take no dataclass."""
         return (self.kv_lo, self.kv_hi, self.key_keep, self.holes, self.doc_start, self.causal, self.window,
                 self.softcap, self.scale, self.dropout_p, self.seed)
 

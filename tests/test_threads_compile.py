@@ -120,7 +120,8 @@ def test_triton_attention_compiles_into_one_graph():
     loss, grads = grads_of(model)
     loss_c, grads_c = grads_of(compiled)
     assert (loss - loss_c).abs() < 1e-4
-    assert len(grads) == len(grads_c) and all(torch.allclose(a, b, atol=1e-4, rtol=1e-3) for a, b in zip(grads, grads_c))
+    assert len(grads) == len(grads_c)
+    assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-3) for a, b in zip(grads, grads_c))
     torch._dynamo.reset()
 
 

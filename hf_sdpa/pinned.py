@@ -5,6 +5,7 @@ while it sets the switches, asks torch's dispatcher which backend it would take
 (torch._fused_sdp_choice, the function scaled_dot_product_attention itself consults), and launches.
 The backward pass needs no lock: autograd replays the backward op of the backend the forward ran.
 """
+import contextlib
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -31,17 +32,23 @@ class Dispatch:
     reasons: List[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _only(backend):
+    """The lock, with torch's switches allowing only `backend`: one context for the question and the call."""
+    with _LOCK, sdpa_kernel([backend]):
+        yield
+
+
 def _ask_torch(backend, q, k, v, mask, dropout, is_causal, scale, enable_gqa):
-    """(taken, reasons) from torch's dispatcher with only `backend` switched on. Call with _LOCK held."""
+    """(taken, reasons) from torch's dispatcher. Call inside _only(backend)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         error = None
-        with sdpa_kernel([backend]):
-            try:
-                taken = torch._fused_sdp_choice(q, k, v, mask, dropout, is_causal, scale=scale,
-                                                enable_gqa=enable_gqa) == backend.value
-            except RuntimeError as exc:
-                taken, error = False, str(exc).split("\n")[0]
+        try:
+            taken = torch._fused_sdp_choice(q, k, v, mask, dropout, is_causal, scale=scale,
+                                            enable_gqa=enable_gqa) == backend.value
+        except RuntimeError as exc:
+            taken, error = False, str(exc).split("\n")[0]
     reasons = ["torch: " + str(w.message).split(" (Triggered internally")[0].strip() for w in caught]
     # "X has been runtime disabled" concerns the backends our single-backend context switched off
     reasons = [r for r in reasons if r != "torch: " and not r.endswith("not used because:")
@@ -98,25 +105,25 @@ def choose(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
     problems = input_problems(q, k, v, mask, dropout)
     if problems:
         return Dispatch(False, reasons=problems)
-    return _dispatch(backend, q, k, v, mask, dropout, is_causal, scale)
+    with _only(backend):
+        return _dispatch(backend, q, k, v, mask, dropout, is_causal, scale)
 
 
 def _dispatch(backend, q, k, v, mask, dropout, is_causal, scale) -> Dispatch:
-    """choose() for inputs already cast and validated."""
+    """choose() for inputs already cast and validated. Call inside _only(backend)."""
     if backend in CUDA_ONLY and q.device.type != "cuda":
         return Dispatch(False, reasons=[f"{backend.name} has kernels for CUDA devices only; this input is on "
                                         f"{q.device.type}."])
     n_rep = q.shape[1] // k.shape[1] if k.shape[1] else 1
-    with _LOCK:
-        taken, reasons = _ask_torch(backend, q, k, v, mask, dropout, is_causal, scale, n_rep > 1)
-        if taken:
-            return Dispatch(True, enable_gqa=n_rep > 1)
-        if n_rep > 1:
-            kr, vr = repeat_heads(k, n_rep), repeat_heads(v, n_rep)
-            taken_rep, reasons_rep = _ask_torch(backend, q, kr, vr, mask, dropout, is_causal, scale, False)
-            if taken_rep:
-                return Dispatch(True, repeated_kv=(kr, vr))
-            reasons = reasons + [r for r in reasons_rep if r not in reasons]
+    taken, reasons = _ask_torch(backend, q, k, v, mask, dropout, is_causal, scale, n_rep > 1)
+    if taken:
+        return Dispatch(True, enable_gqa=n_rep > 1)
+    if n_rep > 1:
+        kr, vr = repeat_heads(k, n_rep), repeat_heads(v, n_rep)
+        taken_rep, reasons_rep = _ask_torch(backend, q, kr, vr, mask, dropout, is_causal, scale, False)
+        if taken_rep:
+            return Dispatch(True, repeated_kv=(kr, vr))
+        reasons = reasons + [r for r in reasons_rep if r not in reasons]
     return Dispatch(False, reasons=reasons or ["torch gave no reason"])
 
 
@@ -132,15 +139,14 @@ def run(backend, q, k, v, mask, dropout, is_causal, scale, refuse) -> torch.Tens
         return q.new_zeros(q.shape[:3] + v.shape[3:])
     if backend == SDPBackend.FLASH_ATTENTION and mask is not None:
         mask, is_causal = _plain_mask_as_flag(mask, q.shape[2], k.shape[2], is_causal)
-    with _LOCK:
+    with _only(backend):
         how = _dispatch(backend, q, k, v, mask, dropout, is_causal, scale)
         if not how.ok:
             refuse(how.reasons)
         if how.repeated_kv is not None:
             k, v = how.repeated_kv
-        with sdpa_kernel([backend]):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
-                                                 scale=scale, enable_gqa=how.enable_gqa)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                             scale=scale, enable_gqa=how.enable_gqa)
     if mask is not None and backend == SDPBackend.CUDNN_ATTENTION:
         # cuDNN returns garbage for a query that sees no key (H100, cuDNN 9.19); the reference gives zeros
         out = out.masked_fill(_rows_without_keys(mask), 0.0)

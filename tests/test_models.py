@@ -202,6 +202,21 @@ def test_static_cache_generation_without_padding(arch):
     assert_matches("scores", scores[finite], ref_scores[finite])
 
 
+def test_packed_sequences_compile_into_one_graph():
+    """triton_attention reads the documents from position_ids inside a fullgraph compile too: eager's logits."""
+    model = build(CAUSAL_LMS["llama"]).float().eval()
+    ids = torch.randint(1, 128, (2, 16), device=DEVICE)
+    pos = torch.tensor([list(range(7)) + list(range(9)), list(range(10)) + list(range(6))], device=DEVICE)
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        expected = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        model.set_attn_implementation("triton_attention")
+        torch._dynamo.reset()
+        got = torch.compile(model, fullgraph=True)(input_ids=ids, position_ids=pos, use_cache=False).logits
+        torch._dynamo.reset()
+    assert_matches("logits", got, expected)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_packed_sequences(name):
     """Two documents per row, separated only by position_ids (use_cache=False, as eager then honours them)."""

@@ -6,8 +6,6 @@ our kernels stay inside the compiled graph instead of breaking it, and CUDA grap
 generate() with a static cache) capture their launches. Called eagerly, the launchers run directly: a custom
 op's dispatch would add host time to every call, and an eager decode step is bound by host time.
 """
-from typing import Optional, Tuple
-
 import torch
 from torch import Tensor
 
@@ -20,13 +18,15 @@ def _out_like(q: Tensor) -> Tensor:
     return q.new_empty(B, SQ, H, D).transpose(1, 2)
 
 
-@torch.library.custom_op("hf_sdpa::attention_forward", mutates_args=())
-def _forward_op(q: Tensor, k: Tensor, v: Tensor, kv_lo: Optional[Tensor], kv_hi: Optional[Tensor],
-                key_keep: Optional[Tensor], holes: Optional[Tensor], doc_start: Optional[Tensor], causal: bool,
-                window: Optional[int], softcap: Optional[float], scale: float, dropout_p: float,
-                seed: int) -> Tuple[Tensor, Tensor]:
-    return run_forward(q, k, v, Pattern(kv_lo, kv_hi, key_keep, holes, doc_start, causal, window, softcap, scale,
-                                        dropout_p, seed))
+# The attention pattern (Pattern.args()), as the ops' schemas spell it.
+_PATTERN = ("Tensor? kv_lo, Tensor? kv_hi, Tensor? key_keep, Tensor? holes, Tensor? doc_start, bool causal, "
+            "int? window, float? softcap, float scale, float dropout_p, int seed")
+
+
+@torch.library.custom_op("hf_sdpa::attention_forward", mutates_args=(),
+                         schema=f"(Tensor q, Tensor k, Tensor v, {_PATTERN}) -> (Tensor, Tensor)")
+def _forward_op(q, k, v, *pattern):
+    return run_forward(q, k, v, Pattern(*pattern))
 
 
 @_forward_op.register_fake
@@ -34,13 +34,11 @@ def _(q, k, v, *pattern):
     return _out_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-@torch.library.custom_op("hf_sdpa::attention_backward", mutates_args=())
-def _backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, kv_lo: Optional[Tensor],
-                 kv_hi: Optional[Tensor], key_keep: Optional[Tensor], holes: Optional[Tensor],
-                 doc_start: Optional[Tensor], causal: bool, window: Optional[int], softcap: Optional[float],
-                 scale: float, dropout_p: float, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
-    return run_backward(q, k, v, out, lse, do, Pattern(kv_lo, kv_hi, key_keep, holes, doc_start, causal, window,
-                                                       softcap, scale, dropout_p, seed))
+@torch.library.custom_op("hf_sdpa::attention_backward", mutates_args=(),
+                         schema=f"(Tensor do, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_PATTERN}) "
+                                "-> (Tensor, Tensor, Tensor)")
+def _backward_op(do, q, k, v, out, lse, *pattern):
+    return run_backward(q, k, v, out, lse, do, Pattern(*pattern))
 
 
 @_backward_op.register_fake
@@ -48,12 +46,10 @@ def _(do, q, k, v, out, lse, *pattern):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-@torch.library.custom_op("hf_sdpa::attention_decode", mutates_args=())
-def _decode_op(q: Tensor, k: Tensor, v: Tensor, kv_lo: Optional[Tensor], kv_hi: Optional[Tensor],
-               key_keep: Optional[Tensor], holes: Optional[Tensor], doc_start: Optional[Tensor], causal: bool,
-               window: Optional[int], softcap: Optional[float], scale: float, dropout_p: float, seed: int) -> Tensor:
-    return run_decode(q, k, v, Pattern(kv_lo, kv_hi, key_keep, holes, doc_start, causal, window, softcap, scale,
-                                       dropout_p, seed))
+@torch.library.custom_op("hf_sdpa::attention_decode", mutates_args=(),
+                         schema=f"(Tensor q, Tensor k, Tensor v, {_PATTERN}) -> Tensor")
+def _decode_op(q, k, v, *pattern):
+    return run_decode(q, k, v, Pattern(*pattern))
 
 
 @_decode_op.register_fake

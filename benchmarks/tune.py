@@ -1,15 +1,20 @@
 """Sweeps the launch configurations of the three passes for given shapes, next to sdpa_fa2 and sdpa_cudnn.
 
-    python benchmarks/tune.py --out DIR [--cases d256-mha-s8192-causal,...]
+    python benchmarks/tune.py --out DIR [--cases d256-mha-s8192-causal,d64-gqa-s4096-causal-b2-bshd,...]
 
 Per case, the candidates of kernels/config.py (the table's choice first, with and without TMA on Hopper): the
 forward configurations timed on the forward alone, then the dK/dV configurations (with the current dQ one) and
 the dQ configurations (with the best dK/dV one) timed on forward+backward (--passes forward: the forward only).
 Medians of triton.testing.do_bench; a configuration that does not compile or run is recorded with its error;
-max_diff is each forward variant's largest difference from the table's output. Timing only: a configuration
-adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and tune.md.
+max_diff is each forward variant's largest difference from the table's output. A case name may add a batch size
+(b2; else 16k tokens per batch) and a layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors,
+as a Transformers model's projections do (rows H * D apart), and bshdcopy does the same but gives the backward
+contiguous copies of Q and dO (the copies' time counted), to tell whether that layout costs the dK/dV pass.
+Timing only: a configuration adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and
+tune.md.
 """
 import argparse
+import contextlib
 import json
 import os
 from dataclasses import astuple
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-from hf_sdpa.kernels import attention, ops
+from hf_sdpa.kernels import attention, library, ops
 from hf_sdpa.kernels.config import LaunchConfig, candidates
 
 DEFAULT_CASES = ("d64-mha-s512-causal,d128-gqa-s1024-causal,d128-gqa-s2048-causal,d64-gqa-s8192-causal,"
@@ -27,11 +32,43 @@ DEFAULT_CASES = ("d64-mha-s512-causal,d128-gqa-s1024-causal,d128-gqa-s2048-causa
                  "d256-gqa-s512-causal")
 
 
+LAYOUTS = ("bhsd", "bshd", "bshdcopy")
+
+
 def parse_case(name):
-    d, heads, s, mode = name.split("-")
+    d, heads, s, mode, *extra = name.split("-")
     s = int(s[1:])
-    return dict(name=name, d=int(d[1:]), hk=32 if heads == "mha" else 8, s=s, b=max(1, 16384 // s),
-                causal=mode == "causal")
+    case = dict(name=name, d=int(d[1:]), hk=32 if heads == "mha" else 8, s=s, b=max(1, 16384 // s),
+                causal=mode == "causal", layout="bhsd")
+    for part in extra:
+        if part in LAYOUTS:
+            case["layout"] = part
+        elif part.startswith("b") and part[1:].isdigit():
+            case["b"] = int(part[1:])
+        else:
+            raise SystemExit(f"case {name}: {part!r} is neither a batch size (b2) nor a layout {LAYOUTS}")
+    return case
+
+
+def make_input(shape, layout, g):
+    """A (B, H, S, D) tensor, stored as such (bhsd) or as a view of a (B, S, H, D) one."""
+    b, h, s, d = shape
+    stored = (b, h, s, d) if layout == "bhsd" else (b, s, h, d)
+    t = torch.randn(stored, device="cuda", dtype=torch.bfloat16, generator=g)
+    return (t if layout == "bhsd" else t.transpose(1, 2)).requires_grad_()
+
+
+@contextlib.contextmanager
+def contiguous_backward(enabled):
+    """While enabled, the backward launcher gets contiguous copies of Q and dO."""
+    original = library.run_backward
+    if enabled:
+        library.run_backward = lambda q, k, v, out, lse, do, p: original(q.contiguous(), k, v, out, lse,
+                                                                         do.contiguous(), p)
+    try:
+        yield
+    finally:
+        library.run_backward = original
 
 
 def time_ms(fn, grads=()):
@@ -71,10 +108,8 @@ def tune_case(case, passes):
     g = torch.Generator(device="cuda").manual_seed(0)
     shape_q = (case["b"], 32, case["s"], case["d"])
     shape_kv = (case["b"], case["hk"], case["s"], case["d"])
-    q = torch.randn(shape_q, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
-    k = torch.randn(shape_kv, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
-    v = torch.randn(shape_kv, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
-    dout = torch.randn_like(q)
+    q, k, v = (make_input(shape, case["layout"], g) for shape in (shape_q, shape_kv, shape_kv))
+    dout = make_input(shape_q, case["layout"], g).detach()
     causal = case["causal"]
 
     def fwd():
@@ -99,6 +134,14 @@ def tune_case(case, passes):
         return result
     grads = (q, k, v)
     gqa = case["hk"] < 32
+    with contiguous_backward(case["layout"] == "bshdcopy"):
+        backward_sweeps(result, case, fwd_bwd, grads, tma, gqa)
+    return result
+
+
+def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa):
+    """The dK/dV configurations with the table's dQ one, then the dQ ones with the best dK/dV one."""
+    d, s = case["d"], case["s"]
     result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), candidates("dkdv", d, False, tma),
                            fwd_bwd, grads)
     chosen = best(result["dkdv"])
@@ -110,7 +153,6 @@ def tune_case(case, passes):
                              fwd_bwd, grads)
     finally:
         ops.dkdv_config = original
-    return result
 
 
 def summary_line(r):
@@ -141,8 +183,9 @@ def main():
     with open(os.path.join(a.out, "tune.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), results=results), f, indent=1)
     lines = [f"# Launch configuration sweep: {torch.cuda.get_device_name()}", "",
-             "bf16, 32 query heads, 16k tokens per batch; ms medians. 'current' is the first candidate (the table "
-             "in kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages, TMA).", "",
+             "bf16, 32 query heads, 16k tokens per batch unless the case names a batch (b2), the layout the case "
+             "names (see the docstring); ms medians. 'current' is the first candidate (the table in "
+             "kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages, TMA).", "",
              "| case | fa2 fwd | cudnn fwd | current fwd | best fwd | fa2 fwd+bwd | cudnn fwd+bwd | current fwd+bwd "
              "| best fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [summary_line(r) for r in results]

@@ -167,6 +167,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         return q.clone()
     if SKV == 0:
         return torch.zeros_like(q)
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
+    if scale < 0:  # the forward takes the row max of unscaled scores, so the sign goes into q (autograd flips dQ)
+        q, scale = -q, -scale
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if key_padding_mask is not None:
         kv_lo, kv_hi, holes, key_keep = _padding_pattern(key_padding_mask)
@@ -182,7 +185,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     pattern = Pattern(kv_lo=kv_lo, kv_hi=kv_hi, key_keep=key_keep, holes=holes, doc_start=doc_start,
                       causal=bool(causal), window=None if window is None else int(window),
                       softcap=None if softcap is None else float(softcap),
-                      scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
+                      scale=scale,
                       dropout_p=float(dropout_p), seed=int(seed or 0))
     lacks = _decode_lacks(q, k, v, dropout_p, doc_start)
     if split_kv and lacks:

@@ -20,6 +20,8 @@ from .forward import attention_fwd_kernel
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 
+FOLD_SCALE = True  # the unmasked forward blocks fold the scale into exp2's multiply-add (forward.py); A/B pending
+
 # Called as hook(kernel_name, info) for each launch (blocks, warps, stages, TMA); hf_sdpa.trace and the doctor
 # add one to see which kernel ran and how.
 LAUNCH_HOOKS = []
@@ -143,7 +145,7 @@ def run_forward(q, k, v, p: Pattern):
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
             H, H // k.shape[1], SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-            TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            TMA=tma, FOLD_SCALE=FOLD_SCALE, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return tma
 
     cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV, has_tma(q.device)), q, k, flags,
@@ -178,7 +180,7 @@ def run_decode(q, k, v, p: Pattern):
         window, chunk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, HK, group, SQ, SKV,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
+        **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma, FOLD_SCALE=FOLD_SCALE,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _announce("attention_decode_kernel", cfg, splits=splits, TMA=tma)
     return out

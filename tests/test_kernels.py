@@ -86,6 +86,8 @@ CASES = [
     (1, 2, 2, 40, 40, 96, dict(causal=True, window=7)),
     (2, 2, 1, 23, 23, 112, dict(causal=True, window=5, padding="left")),
     (1, 2, 2, 30, 30, 64, dict(softcap=5.0, scale=0.3)),
+    (2, 2, 1, 33, 33, 32, dict(causal=True, scale=-0.2)),  # any scale torch's SDPA takes: negative ...
+    (1, 2, 2, 24, 40, 16, dict(padding="left", scale=0.0)),  # ... or zero (uniform over the kept keys)
     (2, 4, 2, 25, 25, 32, dict(causal=True, softcap=3.0, window=9, padding="left")),  # Gemma2-like
     (2, 2, 2, 19, 31, 24, dict(padding="holes")),
     (2, 2, 1, 40, 40, 32, dict(causal=True, packed=True)),
@@ -273,6 +275,7 @@ DECODE_CASES = [
     (2, 4, 2, 4, 90, 40, dict(causal=True, window=30, padding="holes")),
     (1, 2, 2, 16, 130, 128, dict(causal=True, softcap=20.0)),   # a 16-token chunked step
     (3, 2, 1, 3, 64, 16, dict(padding="right")),                # bidirectional (cross-attention)
+    (1, 4, 2, 2, 200, 32, dict(causal=True, scale=-0.3)),       # a negative scale
 ]
 
 
@@ -286,11 +289,11 @@ def test_split_kv_decode(case, dtype):
     if pad is not None:
         pad[-1, :] = False  # one sequence with no key at all: zeros
     kwargs = dict(causal=opts.get("causal", False), key_padding_mask=pad, window=opts.get("window"),
-                  softcap=opts.get("softcap"))
+                  softcap=opts.get("softcap"), scale=opts.get("scale"))
     out = attention(q, k, v, split_kv=True, **kwargs)
     keep = pattern_mask(b, sq, skv, causal=kwargs["causal"], padding=pad, window=kwargs["window"], device=DEVICE)
-    ref = attention_ref(q, k, v, keep, softcap=kwargs["softcap"])
-    low = attention_ref(q, k, v, keep, softcap=kwargs["softcap"], dtype=dtype)
+    ref = attention_ref(q, k, v, keep, softcap=kwargs["softcap"], scale=kwargs["scale"])
+    low = attention_ref(q, k, v, keep, softcap=kwargs["softcap"], scale=kwargs["scale"], dtype=dtype)
     assert out.shape == q.shape
     assert_within("out", out, ref, low, dtype)
     if pad is not None:

@@ -1,0 +1,116 @@
+"""The kernels' inner loops as the H100 runs them, on a machine without a GPU: compile for sm90, disassemble, and
+count the instructions of each loop body by kind, with the registers and stack a thread uses.
+
+    python benchmarks/sass_loops.py forward --head-dim 64 [--block-m 64 --block-n 64 --warps 4 --stages 3 --no-tma]
+
+Triton ships ptxas and nvdisasm, so this needs no device. The forward, dQ and dK/dV kernels walk their blocks in
+three phases (masked edge, unmasked middle, masked edge, kernels/tiles.py): the middle loop is where a long
+sequence spends its time, and its instruction count is what a change to the softmax should lower. A count is a
+prediction, not a measurement: the device's timings decide (benchmarks/NOTES.md).
+"""
+import argparse
+import collections
+import importlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+FLOATS = {"qk_scale", "sm_scale", "softcap", "dropout_p"}
+POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "DO": "*bf16", "DQ": "*bf16", "DK": "*bf16",
+            "DV": "*bf16", "Lse": "*fp32", "Delta": "*fp32", "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8",
+            "KeyKeep": "*i8", "DocStart": "*i32", "OPart": "*fp32", "LsePart": "*fp32", "Arrived": "*i32"}
+# module, kernel, the streamed operands (tensor descriptors with TMA) and which block size their tiles have
+KERNELS = {"forward": ("forward", "attention_fwd_kernel", ("K", "V"), "BLOCK_N"),
+           "dkdv": ("backward", "attention_bwd_dkdv_kernel", ("Q", "DO"), "BLOCK_M"),
+           "dq": ("backward", "attention_bwd_dq_kernel", ("K", "V"), "BLOCK_N"),
+           "decode": ("decode", "attention_decode_kernel", ("K", "V"), "BLOCK_N")}
+DEFAULT_FLAGS = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, HAS_PADDING=False,
+                     HAS_WINDOW=False, HAS_HOLES=False, HAS_DOC=False, SOFTCAP=0, DROPOUT=False, DOT_PRECISION="tf32",
+                     TMA=True, FOLD_SCALE=True)
+
+
+def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **flags):
+    """One kernel compiled for sm90 (bf16, the streamed operands as descriptors when TMA), without a device."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module, kernel_name, streamed, rows = KERNELS[name]
+    kernel = getattr(importlib.import_module(f"hf_sdpa.kernels.{module}"), kernel_name)
+    flags = {**DEFAULT_FLAGS, **flags}
+    signature = {}
+    for p in kernel.params:
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+        elif p.name in streamed and flags["TMA"]:
+            signature[p.name] = f"tensordesc<bf16[1,1,{flags[rows]},{flags['BLOCK_D']}]>"
+        else:
+            signature[p.name] = POINTERS.get(p.name) or ("fp32" if p.name in FLOATS else "i32")
+    source = ASTSource(kernel, signature, constexprs={p.name: flags[p.name] for p in kernel.params if p.is_constexpr})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def _tool(name: str) -> str:
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def loop_report(compiled) -> dict:
+    """Registers and stack per thread, and per loop body (a backward branch's span, innermost first) the count
+    of each instruction kind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "kernel.cubin")
+        with open(cubin, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        sass = subprocess.run([_tool("nvdisasm"), "-c", cubin], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", cubin], capture_output=True,
+                               text=True, check=True).stdout
+    resources = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\s*\.?(L_x_\d+):", line))}
+    loops = []
+    for i, line in enumerate(lines):
+        # a loop closes with a predicated branch back; the unpredicated ones return from out-of-line barrier waits
+        m = re.search(r"@!?P\d\s+BRA\b[^;]*?(L_x_\d+)", line)
+        if m and labels.get(m.group(1), i) < i:
+            kinds = collections.Counter(
+                m.group(1) for body in lines[labels[m.group(1)]:i + 1]
+                if (m := re.search(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", body)))
+            if sum(kinds.values()) > 8:  # not a barrier's wait-and-retry spin
+                loops.append(dict(instructions=sum(kinds.values()), kinds=dict(kinds.most_common())))
+    loops.sort(key=lambda lp: lp["instructions"])
+    return dict(resources, loops=loops)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kernel", choices=sorted(KERNELS))
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--block-m", type=int, default=64)
+    parser.add_argument("--block-n", type=int, default=64)
+    parser.add_argument("--warps", type=int, default=4)
+    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--no-tma", action="store_true")
+    parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args()
+    compiled = compile_for_hopper(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
+                                  BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
+                                  CAUSAL=not args.full, TMA=not args.no_tma)
+    report = loop_report(compiled)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"{args.kernel} d{args.head_dim} {args.block_m}x{args.block_n} warps {args.warps} stages {args.stages} "
+          f"TMA {not args.no_tma}: {report['reg']} registers, stack {report['stack']} bytes")
+    for lp in report["loops"]:
+        top = ", ".join(f"{k} {n}" for k, n in list(lp["kinds"].items())[:12])
+        spills = f"LDL {lp['kinds'].get('LDL', 0)}, STL {lp['kinds'].get('STL', 0)}"
+        print(f"  loop of {lp['instructions']} instructions ({spills}): {top}")
+
+
+if __name__ == "__main__":
+    main()

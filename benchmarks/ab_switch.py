@@ -1,54 +1,69 @@
-"""A/B of a kernel switch in hf_sdpa.kernels.ops (a module constant passed to the kernels), next to sdpa_cudnn.
+"""A/B of kernel switches (names in hf_sdpa.kernels.ops.AB_SWITCHES: forms of the kernels' code under test) on
+attention_bench.py's cases, next to sdpa_cudnn: forward and forward+backward with the switch on and off, taking
+turns in one run.
 
-    python benchmarks/ab_switch.py FOLD_SCALE --out DIR [--cases d128-gqa-s4096-causal,...]
+    python benchmarks/ab_switch.py FOLD_SCALE,RANGE_MASK --out DIR [--head-dims 64,128] [--seqs 512,4096]
 
-Per case (tune.py's names): the forward alone with the switch on and off, and sdpa_cudnn, medians of
-triton.testing.do_bench in one run, and the largest difference between the two outputs. Writes ab_<SWITCH>.json.
+Per switch, ab_<SWITCH>.json with a row per case: milliseconds on and off (medians of triton.testing.do_bench),
+the on/off speed-up, and on/cudnn. Which form stays is decided from it (benchmarks/NOTES.md); the switch goes.
 """
 import argparse
 import json
 import os
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from hf_sdpa.kernels import attention, ops
-from tune import make_input, parse_case, time_ms
+from attention_bench import TOKENS, case_key, masked_cases, measure
+from hf_sdpa.kernels import ops
 
-DEFAULT_CASES = ("d64-mha-s2048-causal,d64-mha-s8192-full,d128-gqa-s4096-causal,d128-mha-s2048-causal,"
-                 "d128-mha-s8192-full,d128-gqa-s16384-causal,d128-gqa-s512-causal,d256-mha-s8192-causal")
+
+def cases(head_dims, seqs, masked):
+    for d in head_dims:
+        for causal in (True, False):
+            for s in seqs:
+                yield "dense", dict(b=max(1, TOKENS // s), h=32, hk=8, s=s, d=d, causal=causal)
+    if masked:
+        yield from masked_cases()
+
+
+def ab_row(switch, label, case):
+    times = {}
+    for value in (True, False, True, False):  # twice each, alternating: the faster run of each counts
+        ops.AB_SWITCHES[switch] = value
+        r = measure("triton_attention", **case)
+        for key in ("fwd_ms", "fwd_bwd_ms"):
+            times.setdefault((value, key), []).append(r[key])
+    ops.AB_SWITCHES[switch] = True
+    cudnn = measure("sdpa_cudnn", **case)
+    row = dict(case=case_key(dict(r, label=label)))
+    for key in ("fwd_ms", "fwd_bwd_ms"):
+        on, off = min(times[(True, key)]), min(times[(False, key)])
+        row.update({f"on_{key}": on, f"off_{key}": off, f"on/off_{key}": off / on})
+        if key in cudnn:
+            row[f"on/cudnn_{key}"] = cudnn[key] / on
+    return row
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("switch")
-    parser.add_argument("--cases", default=DEFAULT_CASES)
+    parser.add_argument("switches", help=f"comma-separated names of {sorted(ops.AB_SWITCHES)}")
+    parser.add_argument("--head-dims", default="64,128,256")
+    parser.add_argument("--seqs", default="512,4096")
+    parser.add_argument("--no-masked", action="store_true", help="skip the padded, window and softcap cases")
     parser.add_argument("--out", default="benchmarks/results/local")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    rows = []
-    for case in map(parse_case, args.cases.split(",")):
-        g = torch.Generator(device="cuda").manual_seed(0)
-        q = make_input((case["b"], 32, case["s"], case["d"]), case["layout"], g).detach()
-        k, v = (make_input((case["b"], case["hk"], case["s"], case["d"]), case["layout"], g).detach()
-                for _ in range(2))
-        row = dict(case=case["name"])
-        outs = {}
-        for value in (True, False):
-            setattr(ops, args.switch, value)
-            outs[value] = attention(q, k, v, causal=case["causal"])
-            row[f"{args.switch}={value} ms"] = time_ms(lambda: attention(q, k, v, causal=case["causal"]))
-        setattr(ops, args.switch, True)
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            row["sdpa_cudnn ms"] = time_ms(lambda: F.scaled_dot_product_attention(
-                q, k, v, is_causal=case["causal"], enable_gqa=case["hk"] != 32))
-        row["max_diff"] = (outs[True].float() - outs[False].float()).abs().max().item()
-        row["on/off speedup"] = row[f"{args.switch}=False ms"] / row[f"{args.switch}=True ms"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    with open(os.path.join(args.out, f"ab_{args.switch}.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)
+    for switch in args.switches.split(","):
+        if switch not in ops.AB_SWITCHES:
+            raise SystemExit(f"{switch!r} is not a switch; the switches are {sorted(ops.AB_SWITCHES)}")
+        rows = []
+        for label, case in cases([int(d) for d in args.head_dims.split(",")],
+                                 [int(s) for s in args.seqs.split(",")], not args.no_masked):
+            rows.append(ab_row(switch, label, case))
+            print(switch, json.dumps(rows[-1]), flush=True)
+            with open(os.path.join(args.out, f"ab_{switch}.json"), "w") as f:
+                json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, switch=switch,
+                               rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

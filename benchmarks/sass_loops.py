@@ -28,7 +28,7 @@ KERNELS = {"forward": ("forward", "attention_fwd_kernel", ("K", "V"), "BLOCK_N")
            "decode": ("decode", "attention_decode_kernel", ("K", "V"), "BLOCK_N")}
 DEFAULT_FLAGS = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, HAS_PADDING=False,
                      HAS_WINDOW=False, HAS_HOLES=False, HAS_DOC=False, SOFTCAP=0, DROPOUT=False, DOT_PRECISION="tf32",
-                     TMA=True, FOLD_SCALE=True)
+                     TMA=True, AB=3)
 
 
 def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **flags):

@@ -41,7 +41,8 @@ def _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, s
                  qk_scale, sm_scale, softcap, dropout_p, seed,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-                 SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+                 SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+                 AB: tl.constexpr):
     """Accumulates dK, dV of one key block over query rows [m_begin, m_end); tiles are (keys, rows)."""
     for start_m in range(m_begin, m_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -61,7 +62,7 @@ def _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, s
             if HAS_DOC:
                 doc = tl.load(doc_base + offs_m, mask=offs_m < SQ, other=0)[None, :]
             keep = tile_mask(offs_m[None, :], offs_n[:, None], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc,
-                             CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+                             CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
             s_t = tl.where(keep, s_t, float("-inf"))
         p_t = tl.math.exp2(s_t - lse[None, :])
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -90,7 +91,7 @@ def attention_bwd_dkdv_kernel(
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
         HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TMA: tl.constexpr):
+        TMA: tl.constexpr, AB: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bhk = tl.program_id(1)
     HK = H // GROUP
@@ -126,7 +127,7 @@ def attention_bwd_dkdv_kernel(
                                   offs_n, begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
                                   qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M,
                                   phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
-                                  DOT_PRECISION, TMA)
+                                  DOT_PRECISION, TMA, AB)
 
     st = ld
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn
@@ -141,7 +142,8 @@ def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk,
                qk_scale, sm_scale, softcap, dropout_p, seed,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+               AB: tl.constexpr):
     """Accumulates dQ of one query block over keys [n_begin, n_end); tiles are (rows, keys)."""
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -154,7 +156,7 @@ def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk,
             if HAS_HOLES:
                 key_keep = tl.load(keep_base + offs_n, mask=offs_n < SKV, other=0)[None, :]
             keep = tile_mask(offs_m[:, None], offs_n[None, :], SQ, SKV, kv_lo, kv_hi, window, key_keep,
-                             doc_rows[:, None], CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+                             doc_rows[:, None], CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
             s = tl.where(keep, s, float("-inf"))
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -178,7 +180,7 @@ def attention_bwd_dq_kernel(
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
         HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TMA: tl.constexpr):
+        TMA: tl.constexpr, AB: tl.constexpr):
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // H
@@ -210,6 +212,6 @@ def attention_bwd_dq_kernel(
         dq = _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, begin, end,
                         bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, qk_scale, sm_scale, softcap,
                         dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES,
-                        HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
+                        HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, AB)
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=ld)

@@ -17,10 +17,17 @@ from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_split
                      forward_config, head_block, interpreting)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
-from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
+from .tiles import (AB_FOLD_SCALE, AB_RANGE_MASK, LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE,
+                    dropout_mask_kernel)
 
 
-FOLD_SCALE = True  # the unmasked forward blocks fold the scale into exp2's multiply-add (forward.py); A/B pending
+# Forms of the kernels' code under a device A/B (the AB_* bits of tiles.py; benchmarks/ab_switch.py flips one).
+AB_SWITCHES = dict(FOLD_SCALE=True, RANGE_MASK=True)
+_AB_BITS = dict(FOLD_SCALE=AB_FOLD_SCALE.value, RANGE_MASK=AB_RANGE_MASK.value)
+
+
+def _ab_bits() -> int:
+    return sum(_AB_BITS[name] for name, on in AB_SWITCHES.items() if on)
 
 # Called as hook(kernel_name, info) for each launch (blocks, warps, stages, TMA); hf_sdpa.trace and the doctor
 # add one to see which kernel ran and how.
@@ -77,7 +84,7 @@ def _pattern_args(p: Pattern, q: torch.Tensor):
     fp32_exact = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     flags = dict(CAUSAL=p.causal, HAS_PADDING=p.kv_lo is not None, HAS_WINDOW=p.window is not None,
                  HAS_HOLES=p.key_keep is not None, HAS_DOC=p.doc_start is not None, SOFTCAP=_softcap_mode(p, q),
-                 DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32")
+                 DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32", AB=_ab_bits())
     strides = (0 if p.key_keep is None else p.key_keep.stride(0), 0 if p.doc_start is None else p.doc_start.stride(0))
     return tensors, scalars, strides, flags
 
@@ -145,7 +152,7 @@ def run_forward(q, k, v, p: Pattern):
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
             H, H // k.shape[1], SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-            TMA=tma, FOLD_SCALE=FOLD_SCALE, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return tma
 
     cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV, has_tma(q.device)), q, k, flags,
@@ -154,7 +161,7 @@ def run_forward(q, k, v, p: Pattern):
     return out, lse
 
 
-DECODE_FLAGS = ("CAUSAL", "HAS_PADDING", "HAS_WINDOW", "HAS_HOLES", "SOFTCAP", "DOT_PRECISION")
+DECODE_FLAGS = ("CAUSAL", "HAS_PADDING", "HAS_WINDOW", "HAS_HOLES", "SOFTCAP", "DOT_PRECISION", "AB")
 
 
 def run_decode(q, k, v, p: Pattern):
@@ -180,7 +187,7 @@ def run_decode(q, k, v, p: Pattern):
         window, chunk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, HK, group, SQ, SKV,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma, FOLD_SCALE=FOLD_SCALE,
+        **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _announce("attention_decode_kernel", cfg, splits=splits, TMA=tma)
     return out

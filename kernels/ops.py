@@ -29,6 +29,10 @@ _AB_BITS = dict(FOLD_SCALE=AB_FOLD_SCALE.value, RANGE_MASK=AB_RANGE_MASK.value)
 def _ab_bits() -> int:
     return sum(_AB_BITS[name] for name, on in AB_SWITCHES.items() if on)
 
+# Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
+# asked for by name, since Triton 3.9 warns that its default turns to unfused in 3.10.
+FUSED = dict(enable_fp_fusion=True)
+
 # Called as hook(kernel_name, info) for each launch (blocks, warps, stages, TMA); hf_sdpa.trace and the doctor
 # add one to see which kernel ran and how.
 LAUNCH_HOOKS = []
@@ -152,7 +156,7 @@ def run_forward(q, k, v, p: Pattern):
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
             H, H // k.shape[1], SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-            TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
     cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV, has_tma(q.device)), q, k, flags,
@@ -188,7 +192,7 @@ def run_decode(q, k, v, p: Pattern):
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, HK, group, SQ, SKV,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
     _announce("attention_decode_kernel", cfg, splits=splits, TMA=tma)
     return out
 
@@ -203,7 +207,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     _announce("delta_kernel", BLOCK_M=rows)
     delta_kernel[(cdiv(SQ, rows), B * H)](
         out, do, delta, out.stride(0), out.stride(1), out.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows)
+        H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows, **FUSED)
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
@@ -217,7 +221,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
     def launch_dq(cfg):
@@ -227,7 +231,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
     tma, gqa = has_tma(q.device), H > HK
@@ -242,5 +246,5 @@ def dropout_keep_mask(seed: int, batch: int, heads: int, q_len: int, kv_len: int
     """The (B, H, SQ, SKV) bool pattern of kept probabilities that attention() uses for this seed."""
     out = torch.empty(batch * heads, q_len, kv_len, dtype=torch.uint8, device=device)
     grid = (cdiv(q_len, 16), cdiv(kv_len, 16), batch * heads)
-    dropout_mask_kernel[grid](out, seed, q_len, kv_len, dropout_p, BLOCK_M=16, BLOCK_N=16)
+    dropout_mask_kernel[grid](out, seed, q_len, kv_len, dropout_p, BLOCK_M=16, BLOCK_N=16, **FUSED)
     return out.view(batch, heads, q_len, kv_len).bool()

@@ -14,8 +14,8 @@ where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is
 import triton
 import triton.language as tl
 
-from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, phase_bounds,
-                    query_bounds, split_phases, tile_mask)
+from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, mask_scores,
+                    phase_bounds, query_bounds, split_phases, tile_mask)
 
 
 @triton.jit
@@ -152,12 +152,8 @@ def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk,
         s, tanh_s = logits(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
                            SOFTCAP)
         if MASKED:
-            key_keep = 0
-            if HAS_HOLES:
-                key_keep = tl.load(keep_base + offs_n, mask=offs_n < SKV, other=0)[None, :]
-            keep = tile_mask(offs_m[:, None], offs_n[None, :], SQ, SKV, kv_lo, kv_hi, window, key_keep,
-                             doc_rows[:, None], CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
-            s = tl.where(keep, s, float("-inf"))
+            s = mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+                            CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:

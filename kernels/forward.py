@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from .tiles import (AB_FOLD_SCALE, SOFTCAP_NONE, dropout_keep, head_sources, key_bounds, kv_range, load_rows,
-                    logits, phase_bounds, split_phases, tile_mask)
+                    logits, mask_scores, phase_bounds, split_phases)
 
 
 @triton.jit
@@ -27,12 +27,8 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
         if MASKED or SOFTCAP != SOFTCAP_NONE or not (AB_FOLD_SCALE & AB):
             s, _ = logits(qk, qk_scale, sm_scale, softcap, SOFTCAP)
             if MASKED:
-                key_keep = 0
-                if HAS_HOLES:
-                    key_keep = tl.load(keep_base + offs_n, mask=offs_n < SKV, other=0)[None, :]
-                keep = tile_mask(offs_m[:, None], offs_n[None, :], SQ, SKV, kv_lo, kv_hi, window, key_keep,
-                                 doc_rows[:, None], CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
-                s = tl.where(keep, s, float("-inf"))
+                s = mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+                                CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays at zero
             p = tl.math.exp2(s - m_ref[:, None])

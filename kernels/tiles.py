@@ -173,6 +173,19 @@ def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
     return keep
 
 
+@triton.jit
+def mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
+                AB: tl.constexpr):
+    """A (rows, keys) tile of scores with what the pattern hides set to -inf (forward and dQ passes)."""
+    key_keep = 0
+    if HAS_HOLES:
+        key_keep = tl.load(keep_base + offs_n, mask=offs_n < SKV, other=0)[None, :]
+    keep = tile_mask(offs_m[:, None], offs_n[None, :], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_rows[:, None],
+                     CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
+    return tl.where(keep, s, float("-inf"))
+
+
 # SOFTCAP values: no softcap, tanh computed exactly, or the GPU's one-instruction tanh.approx.f32 (relative
 # error about 2**-11, below bf16/fp16 resolution; never used for fp32 inputs or under the interpreter).
 SOFTCAP_NONE = tl.constexpr(0)

@@ -26,6 +26,9 @@ KERNELS = {"forward": ("forward", "attention_fwd_kernel", ("K", "V"), "BLOCK_N")
            "dkdv": ("backward", "attention_bwd_dkdv_kernel", ("Q", "DO"), "BLOCK_M"),
            "dq": ("backward", "attention_bwd_dq_kernel", ("K", "V"), "BLOCK_N"),
            "decode": ("decode", "attention_decode_kernel", ("K", "V"), "BLOCK_N")}
+# A launch marks every pointer and integer divisible by 16 so (16-byte aligned tensors; strides, head counts and
+# lengths of usual shapes): the compile here does the same, since the pointer loads' code depends on it.
+ALIGNED_INTS = {"H", "HK", "SQ", "SKV"}
 DEFAULT_FLAGS = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, HAS_PADDING=False,
                      HAS_WINDOW=False, HAS_HOLES=False, HAS_DOC=False, SOFTCAP=0, DROPOUT=False, DOT_PRECISION="tf32",
                      TMA=True, AB=3)
@@ -40,15 +43,18 @@ def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **fla
     module, kernel_name, streamed, rows = KERNELS[name]
     kernel = getattr(importlib.import_module(f"hf_sdpa.kernels.{module}"), kernel_name)
     flags = {**DEFAULT_FLAGS, **flags}
-    signature = {}
-    for p in kernel.params:
+    signature, attrs = {}, {}
+    for i, p in enumerate(kernel.params):
         if p.is_constexpr:
             signature[p.name] = "constexpr"
         elif p.name in streamed and flags["TMA"]:
             signature[p.name] = f"tensordesc<bf16[1,1,{flags[rows]},{flags['BLOCK_D']}]>"
         else:
             signature[p.name] = POINTERS.get(p.name) or ("fp32" if p.name in FLOATS else "i32")
-    source = ASTSource(kernel, signature, constexprs={p.name: flags[p.name] for p in kernel.params if p.is_constexpr})
+            if p.name in POINTERS or p.name.startswith("stride_") or p.name in ALIGNED_INTS:
+                attrs[(i,)] = [["tt.divisibility", 16]]  # what a launch tells Triton about aligned tensors
+    source = ASTSource(kernel, signature, constexprs={p.name: flags[p.name] for p in kernel.params if p.is_constexpr},
+                       attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 

@@ -4,7 +4,8 @@
 
 Per case, the candidates of kernels/config.py (the table's choice first, with and without TMA on Hopper): the
 forward configurations timed on the forward alone, then the dK/dV configurations (with the current dQ one) and
-the dQ configurations (with the best dK/dV one) timed on forward+backward (--passes forward: the forward only).
+the dQ configurations (with the best dK/dV one) timed on forward+backward (--passes forward: the forward only;
+--passes table: the table's configurations alone, to compare cases rather than configurations).
 Medians of triton.testing.do_bench; a configuration that does not compile or run is recorded with its error;
 max_diff is each forward variant's largest difference from the table's output. A case name may add a batch size
 (b2; else 16k tokens per batch) and a layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors,
@@ -128,29 +129,27 @@ def tune_case(case, passes):
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
     d, s, tma = case["d"], case["s"], ops.has_tma(q.device)
-    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma),
-                              candidates("forward", d, False, tma), fwd, ())
+    others = (lambda pass_name: []) if passes == "table" else (lambda pass_name: candidates(pass_name, d, False, tma))
+    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma), others("forward"), fwd, ())
     if passes == "forward":
         return result
     grads = (q, k, v)
     gqa = case["hk"] < 32
     with contiguous_backward(case["layout"] == "bshdcopy"):
-        backward_sweeps(result, case, fwd_bwd, grads, tma, gqa)
+        backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others)
     return result
 
 
-def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa):
+def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others):
     """The dK/dV configurations with the table's dQ one, then the dQ ones with the best dK/dV one."""
     d, s = case["d"], case["s"]
-    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), candidates("dkdv", d, False, tma),
-                           fwd_bwd, grads)
+    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), others("dkdv"), fwd_bwd, grads)
     chosen = best(result["dkdv"])
     original = ops.dkdv_config
     if chosen:
         ops.dkdv_config = lambda *args, c=LaunchConfig(*chosen["config"]): c
     try:
-        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s, tma, gqa), candidates("dq", d, False, tma),
-                             fwd_bwd, grads)
+        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s, tma, gqa), others("dq"), fwd_bwd, grads)
     finally:
         ops.dkdv_config = original
 
@@ -172,7 +171,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="benchmarks/results/local")
     p.add_argument("--cases", default=DEFAULT_CASES)
-    p.add_argument("--passes", choices=("all", "forward"), default="all")
+    p.add_argument("--passes", choices=("all", "forward", "table"), default="all")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     results = []

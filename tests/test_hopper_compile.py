@@ -43,7 +43,7 @@ def test_unmasked_forward_loop_scales_each_score_once():
     """The softmax's instruction count is the forward's limit on Hopper at head size 64: in the unmasked loop the
     scale rides on the exponent's multiply-add (one FFMA per score), and the only per-element multiplies left
     are the accumulator's rescale (benchmarks/sass_loops.py; benchmarks/NOTES.md entry 8)."""
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    env = dict(os.environ, TRITON_INTERPRET="0")
     run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), "forward", "--head-dim", "64",
                           "--json"], env=env, capture_output=True, text=True, timeout=600)
     if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):

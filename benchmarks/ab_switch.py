@@ -2,9 +2,10 @@
 attention_bench.py's cases, next to sdpa_cudnn: forward and forward+backward with the switch on and off, taking
 turns in one run.
 
-    python benchmarks/ab_switch.py FOLD_SCALE,RANGE_MASK --out DIR [--head-dims 64,128] [--seqs 512,4096]
+    python benchmarks/ab_switch.py FOLD_SCALE,RANGE_MASK,HEADS_INNER --out DIR [--head-dims 64,128] [--seqs 512]
 
-Per switch, ab_<SWITCH>.json with a row per case: milliseconds on and off (medians of triton.testing.do_bench),
+The cases: dense GQA shapes, the e2e model's attention shape contiguous and in the model's (B, S, H, D) layout,
+and attention_bench's masked cases. Per switch, ab_<SWITCH>.json with a row per case: milliseconds on and off (medians of triton.testing.do_bench),
 the on/off speed-up, and on/cudnn. Which form stays is decided from it (benchmarks/NOTES.md); the switch goes.
 """
 import argparse
@@ -22,18 +23,22 @@ def cases(head_dims, seqs, masked):
         for causal in (True, False):
             for s in seqs:
                 yield "dense", dict(b=max(1, TOKENS // s), h=32, hk=8, s=s, d=d, causal=causal)
+    e2e = dict(b=2, h=32, hk=8, s=4096, d=64, causal=True)  # the e2e model's attention (benchmarks/e2e_bench.py)
+    yield "e2e shape", e2e
+    yield "e2e shape, model layout", dict(e2e, layout="bshd")
     if masked:
         yield from masked_cases()
 
 
 def ab_row(switch, label, case):
     times = {}
+    default = ops.AB_SWITCHES[switch]
     for value in (True, False, True, False):  # twice each, alternating: the faster run of each counts
         ops.AB_SWITCHES[switch] = value
         r = measure("triton_attention", **case)
         for key in ("fwd_ms", "fwd_bwd_ms"):
             times.setdefault((value, key), []).append(r[key])
-    ops.AB_SWITCHES[switch] = True
+    ops.AB_SWITCHES[switch] = default
     cudnn = measure("sdpa_cudnn", **case)
     row = dict(case=case_key(dict(r, label=label)))
     for key in ("fwd_ms", "fwd_bwd_ms"):

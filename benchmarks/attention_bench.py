@@ -69,11 +69,17 @@ def runner(name, q, k, v, causal, pad, window, softcap):
     return lambda: IMPLEMENTATIONS[name].run(inp)
 
 
-def measure(name, b, h, hk, s, d, causal, pad=None, window=None, softcap=None, lengths=None):
+def measure(name, b, h, hk, s, d, causal, pad=None, window=None, softcap=None, lengths=None, layout="bhsd"):
+    """layout bshd: (B, H, S, D) views of (B, S, H, D) tensors, as a Transformers model hands them over."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=gen, requires_grad=True)
-    k = torch.randn(b, hk, s, d, device="cuda", dtype=torch.bfloat16, generator=gen, requires_grad=True)
-    v = torch.randn(b, hk, s, d, device="cuda", dtype=torch.bfloat16, generator=gen, requires_grad=True)
+
+    def rand(heads):
+        if layout == "bshd":
+            t = torch.randn(b, s, heads, d, device="cuda", dtype=torch.bfloat16, generator=gen).transpose(1, 2)
+        else:
+            t = torch.randn(b, heads, s, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+        return t.requires_grad_()
+    q, k, v = rand(h), rand(hk), rand(hk)
     pairs = valid_pairs(lengths or [s] * b, s, causal, window)
     fwd_flop = 4 * h * d * pairs
     row = dict(impl=name, batch=b, heads=h, kv_heads=hk, seq=s, head_dim=d, causal=causal,

@@ -32,7 +32,7 @@ KERNELS = {"forward": ("forward", "attention_fwd_kernel", ("K", "V"), "BLOCK_N")
 ALIGNED_INTS = {"H", "HK", "SQ", "SKV"}
 DEFAULT_FLAGS = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, HAS_PADDING=False,
                      HAS_WINDOW=False, HAS_HOLES=False, HAS_DOC=False, SOFTCAP=0, DROPOUT=False, DOT_PRECISION="tf32",
-                     TMA=True, AB=3)
+                     TMA=True)
 
 
 def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **flags):
@@ -41,9 +41,11 @@ def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **fla
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from hf_sdpa.kernels.ops import _ab_bits
+
     module, kernel_name, streamed, rows = KERNELS[name]
     kernel = getattr(importlib.import_module(f"hf_sdpa.kernels.{module}"), kernel_name)
-    flags = {**DEFAULT_FLAGS, **flags}
+    flags = {**DEFAULT_FLAGS, "AB": _ab_bits(), **flags}  # the AB switches as ops has them unless given
     signature, attrs = {}, {}
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:

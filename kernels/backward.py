@@ -14,7 +14,7 @@ where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is
 import triton
 import triton.language as tl
 
-from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, mask_scores,
+from .tiles import (AB_HEADS_INNER, dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, mask_scores,
                     phase_bounds, query_bounds, split_phases, tile_mask)
 
 
@@ -36,47 +36,86 @@ def delta_kernel(O, DO, Delta, stride_ob, stride_oh, stride_om, stride_dob, stri
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_dom, b, h, offs_n,
-                 m_begin, m_end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
-                 qk_scale, sm_scale, softcap, dropout_p, seed,
+def _dkdv_tile(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_dom, b, h, offs_n, start_m,
+               bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
+               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+               AB: tl.constexpr):
+    """Adds one query block [start_m, start_m + BLOCK_M) of head h to dK, dV of one key block; tiles are
+    (keys, rows)."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = load_rows(q_src, b, h, start_m, stride_qm, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASKED, TMA)
+    do = load_rows(do_src, b, h, start_m, stride_dom, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASKED, TMA)
+    if MASKED:
+        row_ok = offs_m < SQ
+        lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+    else:
+        lse = tl.load(lse_base + offs_m)
+        delta = tl.load(delta_base + offs_m)
+    s_t, tanh_t = logits(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
+                         SOFTCAP)
+    if MASKED:
+        doc = 0
+        if HAS_DOC:
+            doc = tl.load(doc_base + offs_m, mask=offs_m < SQ, other=0)[None, :]
+        keep = tile_mask(offs_m[None, :], offs_n[:, None], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc,
+                         CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
+        s_t = tl.where(keep, s_t, float("-inf"))
+    p_t = tl.math.exp2(s_t - lse[None, :])
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    if DROPOUT:
+        kept = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], SKV, dropout_p)
+        scale_keep = 1.0 / (1.0 - dropout_p)
+        dv = tl.dot(tl.where(kept, p_t * scale_keep, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dp_t = tl.where(kept, dp_t * scale_keep, 0.0)
+    else:
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    if SOFTCAP:
+        ds_t = ds_t * (1.0 - tanh_t * tanh_t)
+    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_qm, stride_dob, stride_doh,
+                 stride_dom, b, h_first, n_heads, H, offs_n, m_begin, m_end, SQ, SKV, kv_lo, kv_hi, window, key_keep,
+                 doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
                  SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
                  AB: tl.constexpr):
-    """Accumulates dK, dV of one key block over query rows [m_begin, m_end); tiles are (keys, rows)."""
-    for start_m in range(m_begin, m_end, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        q = load_rows(q_src, b, h, start_m, stride_qm, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASKED, TMA)
-        do = load_rows(do_src, b, h, start_m, stride_dom, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASKED, TMA)
-        if MASKED:
-            row_ok = offs_m < SQ
-            lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
-            delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
-        else:
-            lse = tl.load(lse_base + offs_m)
-            delta = tl.load(delta_base + offs_m)
-        s_t, tanh_t = logits(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
-                             SOFTCAP)
-        if MASKED:
-            doc = 0
-            if HAS_DOC:
-                doc = tl.load(doc_base + offs_m, mask=offs_m < SQ, other=0)[None, :]
-            keep = tile_mask(offs_m[None, :], offs_n[:, None], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc,
-                             CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
-            s_t = tl.where(keep, s_t, float("-inf"))
-        p_t = tl.math.exp2(s_t - lse[None, :])
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        if DROPOUT:
-            kept = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], SKV, dropout_p)
-            scale_keep = 1.0 / (1.0 - dropout_p)
-            dv = tl.dot(tl.where(kept, p_t * scale_keep, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-            dp_t = tl.where(kept, dp_t * scale_keep, 0.0)
-        else:
-            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        if SOFTCAP:
-            ds_t = ds_t * (1.0 - tanh_t * tanh_t)
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    """Accumulates dK, dV of one key block over query rows [m_begin, m_end) of the heads [h_first, h_first +
+    n_heads). AB_HEADS_INNER: one loop over (query block, head) pairs, heads innermost, so that in a model's
+    (B, S, H, D) layout a group's rows are read side by side; else head by head."""
+    if AB_HEADS_INNER & AB:
+        start_m = m_begin
+        h = h_first
+        for _ in range(0, tl.cdiv(m_end - m_begin, BLOCK_M) * n_heads):
+            bh = b * H + h
+            q_src, do_src = head_sources(Q, DO, b, h, stride_qb, stride_qh, stride_dob, stride_doh, TMA)
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_src, do_src, Lse + bh.to(tl.int64) * SQ, Delta + bh.to(tl.int64) * SQ,
+                                stride_qm, stride_dom, b, h, offs_n, start_m, bh, SQ, SKV, kv_lo, kv_hi, window,
+                                key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D,
+                                BLOCK_M, MASKED, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
+                                DOT_PRECISION, TMA, AB)
+            h += 1
+            wrap = h == h_first + n_heads
+            h = tl.where(wrap, h_first, h)
+            start_m = tl.where(wrap, start_m + BLOCK_M, start_m)
+    else:
+        for g in range(0, n_heads):
+            h = h_first + g
+            bh = b * H + h
+            q_src, do_src = head_sources(Q, DO, b, h, stride_qb, stride_qh, stride_dob, stride_doh, TMA)
+            for start_m in range(m_begin, m_end, BLOCK_M):
+                dk, dv = _dkdv_tile(dk, dv, k, v, q_src, do_src, Lse + bh.to(tl.int64) * SQ,
+                                    Delta + bh.to(tl.int64) * SQ, stride_qm, stride_dom, b, h, offs_n, start_m, bh,
+                                    SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
+                                    dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, MASKED, CAUSAL, HAS_WINDOW,
+                                    HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, AB)
     return dk, dv
 
 
@@ -115,19 +154,16 @@ def attention_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    for g in range(GROUP):
-        h = hk * GROUP + g
-        bh = b * H + h
-        q_src, do_src = head_sources(Q, DO, b, h, stride_qb, stride_qh, stride_dob, stride_doh, TMA)
-        lse_base = Lse + bh.to(tl.int64) * SQ
-        delta_base = Delta + bh.to(tl.int64) * SQ
+    # heads inner: the three phases, each over the whole group; else head by head, the phases within each
+    heads_per_call = GROUP if AB_HEADS_INNER & AB else 1
+    for g in range(0, GROUP, heads_per_call):
         for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
             begin, end = phase_bounds(phase, m_start, mid_lo, mid_hi, hi)
-            dk, dv = _dkdv_blocks(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_dom, b, h,
-                                  offs_n, begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base,
-                                  qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M,
-                                  phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
-                                  DOT_PRECISION, TMA, AB)
+            dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_qm, stride_dob,
+                                  stride_doh, stride_dom, b, hk * GROUP + g, heads_per_call, H, offs_n, begin, end,
+                                  SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
+                                  dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, phase != 1, CAUSAL, HAS_WINDOW,
+                                  HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, AB)
 
     st = ld
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn

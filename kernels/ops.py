@@ -17,13 +17,15 @@ from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_split
                      forward_config, head_block, interpreting)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
-from .tiles import (AB_FOLD_SCALE, AB_RANGE_MASK, LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE,
+from .tiles import (AB_FOLD_SCALE, AB_HEADS_INNER, AB_RANGE_MASK, LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE,
                     dropout_mask_kernel)
 
 
 # Forms of the kernels' code under a device A/B (the AB_* bits of tiles.py; benchmarks/ab_switch.py flips one).
-AB_SWITCHES = dict(FOLD_SCALE=True, RANGE_MASK=True)
-_AB_BITS = dict(FOLD_SCALE=AB_FOLD_SCALE.value, RANGE_MASK=AB_RANGE_MASK.value)
+# HEADS_INNER starts off: it adds instructions per block and can only pay where a model's layout makes the
+# dK/dV pass memory-bound (benchmarks/NOTES.md entry 8).
+AB_SWITCHES = dict(FOLD_SCALE=True, RANGE_MASK=True, HEADS_INNER=False)
+_AB_BITS = dict(FOLD_SCALE=AB_FOLD_SCALE.value, RANGE_MASK=AB_RANGE_MASK.value, HEADS_INNER=AB_HEADS_INNER.value)
 
 
 def _ab_bits() -> int:

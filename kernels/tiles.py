@@ -18,6 +18,7 @@ LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: Triton 3.6 reads no oth
 # Each bit, and the form that loses, is removed after its A/B (benchmarks/NOTES.md entry 8).
 AB_FOLD_SCALE = tl.constexpr(1)  # the unmasked forward blocks fold the scale into the exponent's multiply-add
 AB_RANGE_MASK = tl.constexpr(2)  # tile_mask keeps one key range per row instead of one test per condition
+AB_HEADS_INNER = tl.constexpr(4)  # the dK/dV pass walks (query block, head) pairs with the GQA group's heads inner
 
 
 @triton.jit

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import DEVICE, HAS_GPU
 from hf_sdpa import AttentionRefused
-from hf_sdpa.kernels import attention, dropout_keep_mask
+from hf_sdpa.kernels import attention, dropout_keep_mask, ops
 from hf_sdpa.kernels.attention import doc_starts_from_position_ids
 from reference import assert_within, attention_ref, pattern_mask
 
@@ -102,6 +102,16 @@ CASES = [
 def test_features(case, dtype):
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
+
+
+@pytest.mark.parametrize("switch", sorted(ops.AB_SWITCHES))
+def test_both_forms_of_each_ab_switch_match_the_reference(switch, monkeypatch):
+    """The forms of the kernels' code under a device A/B (ops.AB_SWITCHES) are both correct: the side that is not
+    the default runs here, forward and backward, on masked, windowed and packed GQA cases."""
+    monkeypatch.setitem(ops.AB_SWITCHES, switch, not ops.AB_SWITCHES[switch])
+    run_case(2, 4, 2, 40, 40, 32, torch.float16, causal=True, padding="left", window=9)
+    run_case(1, 4, 1, 33, 33, 16, torch.float16, causal=True, packed=True)
+    run_case(2, 2, 1, 19, 31, 24, torch.float32, padding="holes", scale=-0.3)
 
 
 @pytest.mark.parametrize("d", [16, 40, 64, 80, 96, 112, 128, 256])
@@ -301,7 +311,6 @@ def test_split_kv_decode(case, dtype):
 
 
 def test_decode_path_is_chosen_for_a_long_cache_without_gradients():
-    from hf_sdpa.kernels import ops
     launched = []
     ops.LAUNCH_HOOKS.append(lambda kernel, info: launched.append(kernel))
     try:
@@ -351,7 +360,6 @@ def force_tma(monkeypatch):
     """Every pass asks for TMA descriptors (the table does so on Hopper only); returns, per launch, whether it
     got them (as the launch hooks that the doctor and the tracer read report it)."""
     from dataclasses import replace
-    from hf_sdpa.kernels import ops
     for name in ("forward_config", "dkdv_config", "dq_config", "decode_config"):
         table = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *args, table=table: replace(table(*args), tma=True))

@@ -31,6 +31,7 @@ _AB_BITS = dict(FOLD_SCALE=AB_FOLD_SCALE.value, RANGE_MASK=AB_RANGE_MASK.value, 
 def _ab_bits() -> int:
     return sum(_AB_BITS[name] for name, on in AB_SWITCHES.items() if on)
 
+
 # Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
 # asked for by name, since Triton 3.9 warns that its default turns to unfused in 3.10.
 FUSED = dict(enable_fp_fusion=True)

@@ -86,14 +86,14 @@ CASES = [
     (1, 2, 2, 40, 40, 96, dict(causal=True, window=7)),
     (2, 2, 1, 23, 23, 112, dict(causal=True, window=5, padding="left")),
     (1, 2, 2, 30, 30, 64, dict(softcap=5.0, scale=0.3)),
-    (2, 2, 1, 33, 33, 32, dict(causal=True, scale=-0.2)),  # any scale torch's SDPA takes: negative ...
-    (1, 2, 2, 24, 40, 16, dict(padding="left", scale=0.0)),  # ... or zero (uniform over the kept keys)
     (2, 4, 2, 25, 25, 32, dict(causal=True, softcap=3.0, window=9, padding="left")),  # Gemma2-like
     (2, 2, 2, 19, 31, 24, dict(padding="holes")),
     (2, 2, 1, 40, 40, 32, dict(causal=True, packed=True)),
     (1, 2, 2, 127, 127, 16, dict(causal=True, transposed=True)),
     (1, 1, 1, 50, 50, 256, dict(causal=True)),
     (1, 1, 1, 1000, 1000, 16, dict(causal=True, window=64)),
+    (2, 2, 1, 33, 33, 32, dict(causal=True, scale=-0.2)),  # any scale torch's SDPA takes: negative ...
+    (1, 2, 2, 24, 40, 16, dict(padding="left", scale=0.0)),  # ... or zero (uniform over the kept keys)
 ]
 
 

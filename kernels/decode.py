@@ -61,7 +61,7 @@ def attention_decode_kernel(
                                         DOT_PRECISION, TMA, AB)
     empty = l_i == 0.0
     part = bhk.to(tl.int64) * tl.num_programs(0) + split
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    out = acc * (1.0 / tl.where(empty, 1.0, l_i))[:, None]
     tl.store(OPart + part * BLOCK_M * BLOCK_D + rows[:, None] * BLOCK_D + offs_d[None, :], out)
     # -inf: this chunk holds no key for the row and adds nothing when the chunks are merged
     lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
@@ -96,7 +96,7 @@ def _merge_chunks(OPart, LsePart, O, stride_ob, stride_oh, stride_om, b, hk, bhk
         acc = acc * alpha[:, None] + w[:, None] * out
         l_i = l_i * alpha + w
         m_i = m_new
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # a row with no key anywhere: zeros
+    out = acc * (1.0 / tl.where(l_i == 0.0, 1.0, l_i))[:, None]  # a row with no key anywhere: zeros
     row_ok = rows < GROUP * SQ
     h = hk * GROUP + rows // SQ
     q_idx = rows % SQ

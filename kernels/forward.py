@@ -91,9 +91,10 @@ def attention_fwd_kernel(
                                     DOT_PRECISION, TMA, AB)
 
     empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    row_scale = 1.0 / tl.where(empty, 1.0, l_i)  # one division per row, then a multiply per element
     if DROPOUT:
-        out = out * (1.0 / (1.0 - dropout_p))
+        row_scale = row_scale * (1.0 / (1.0 - dropout_p))
+    out = acc * row_scale[:, None]
     o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
     lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))

@@ -28,8 +28,9 @@ AB_SWITCHES = dict(FOLD_SCALE=True, RANGE_MASK=True, HEADS_INNER=False)
 _AB_BITS = dict(FOLD_SCALE=AB_FOLD_SCALE.value, RANGE_MASK=AB_RANGE_MASK.value, HEADS_INNER=AB_HEADS_INNER.value)
 
 
-def _ab_bits() -> int:
-    return sum(_AB_BITS[name] for name, on in AB_SWITCHES.items() if on)
+def _ab_bits(reads: tuple = tuple(_AB_BITS)) -> int:
+    """The bits of the switches that are on, of those a kernel reads (a flipped switch recompiles only those)."""
+    return sum(_AB_BITS[name] for name in reads if AB_SWITCHES[name])
 
 
 # Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
@@ -84,14 +85,16 @@ def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
     return (SOFTCAP_HW_TANH if hardware else SOFTCAP_EXACT).value
 
 
-def _pattern_args(p: Pattern, q: torch.Tensor):
-    """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes."""
+def _pattern_args(p: Pattern, q: torch.Tensor, ab_reads: tuple):
+    """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes;
+    ab_reads: the AB switches the pass's kernels read."""
     tensors = tuple(q if t is None else t for t in (p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.doc_start))
     scalars = (p.scale * LOG2E.value, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
     fp32_exact = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     flags = dict(CAUSAL=p.causal, HAS_PADDING=p.kv_lo is not None, HAS_WINDOW=p.window is not None,
                  HAS_HOLES=p.key_keep is not None, HAS_DOC=p.doc_start is not None, SOFTCAP=_softcap_mode(p, q),
-                 DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32", AB=_ab_bits())
+                 DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32",
+                 AB=_ab_bits(ab_reads))
     strides = (0 if p.key_keep is None else p.key_keep.stride(0), 0 if p.doc_start is None else p.doc_start.stride(0))
     return tensors, scalars, strides, flags
 
@@ -149,7 +152,7 @@ def run_forward(q, k, v, p: Pattern):
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
     block_d = head_block(D)
-    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
+    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q, ("FOLD_SCALE", "RANGE_MASK"))
 
     def launch(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
@@ -187,7 +190,7 @@ def run_decode(q, k, v, p: Pattern):
     arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
-        _pattern_args(p, q)
+        _pattern_args(p, q, ("FOLD_SCALE", "RANGE_MASK"))
     k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
     attention_decode_kernel[(splits, B * HK)](
         q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap,
@@ -213,7 +216,8 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
         H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows, **FUSED)
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
+    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q, ("RANGE_MASK", "HEADS_INNER"))
+    dq_flags = dict(flags, AB=_ab_bits(("RANGE_MASK",)))
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
@@ -233,14 +237,14 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             q, k_arg, v_arg, do, dq, lse, delta, *tensors, *scalars, *common,
             dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **dq_flags, TMA=tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
     tma, gqa = has_tma(q.device), H > HK
     cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dkdv)
     _announce("attention_bwd_dkdv_kernel", cfg, TMA=launch_dkdv(cfg))
-    cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq)
+    cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, dq_flags, launch_dq)
     _announce("attention_bwd_dq_kernel", cfg, TMA=launch_dq(cfg))
     return dq, dk, dv
 

@@ -5,8 +5,9 @@ turns in one run.
     python benchmarks/ab_switch.py FOLD_SCALE,RANGE_MASK,HEADS_INNER --out DIR [--head-dims 64,128] [--seqs 512]
 
 The cases: dense GQA shapes, the e2e model's attention shape contiguous and in the model's (B, S, H, D) layout,
-and attention_bench's masked cases. Per switch, ab_<SWITCH>.json with a row per case: milliseconds on and off (medians of triton.testing.do_bench),
-the on/off speed-up, and on/cudnn. Which form stays is decided from it (benchmarks/NOTES.md); the switch goes.
+and attention_bench's masked cases. Per switch, ab_<SWITCH>.json with a row per case: milliseconds on and off
+(medians of triton.testing.do_bench), the on/off speed-up, and on/cudnn. Which form stays is decided from it
+(benchmarks/NOTES.md); the switch goes.
 """
 import argparse
 import json

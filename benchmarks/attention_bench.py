@@ -69,17 +69,19 @@ def runner(name, q, k, v, causal, pad, window, softcap):
     return lambda: IMPLEMENTATIONS[name].run(inp)
 
 
-def measure(name, b, h, hk, s, d, causal, pad=None, window=None, softcap=None, lengths=None, layout="bhsd"):
-    """layout bshd: (B, H, S, D) views of (B, S, H, D) tensors, as a Transformers model hands them over."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
+def make_input(shape, layout, gen):
+    """A bf16 (B, H, S, D) leaf needing gradients, stored as such (bhsd) or as a view of a (B, S, H, D) tensor
+    (bshd and its variants), as a Transformers model's projections hand it over."""
+    b, h, s, d = shape
+    if layout == "bhsd":
+        return torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    t = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    return t.transpose(1, 2).requires_grad_()
 
-    def rand(heads):
-        if layout == "bshd":
-            t = torch.randn(b, s, heads, d, device="cuda", dtype=torch.bfloat16, generator=gen).transpose(1, 2)
-        else:
-            t = torch.randn(b, heads, s, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-        return t.requires_grad_()
-    q, k, v = rand(h), rand(hk), rand(hk)
+
+def measure(name, b, h, hk, s, d, causal, pad=None, window=None, softcap=None, lengths=None, layout="bhsd"):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (make_input((b, heads, s, d), layout, gen) for heads in (h, hk, hk))
     pairs = valid_pairs(lengths or [s] * b, s, causal, window)
     fwd_flop = 4 * h * d * pairs
     row = dict(impl=name, batch=b, heads=h, kv_heads=hk, seq=s, head_dim=d, causal=causal,

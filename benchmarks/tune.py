@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
+from attention_bench import make_input
 from hf_sdpa.kernels import attention, library, ops
 from hf_sdpa.kernels.config import LaunchConfig, candidates
 
@@ -49,14 +50,6 @@ def parse_case(name):
         else:
             raise SystemExit(f"case {name}: {part!r} is neither a batch size (b2) nor a layout {LAYOUTS}")
     return case
-
-
-def make_input(shape, layout, g):
-    """A (B, H, S, D) tensor, stored as such (bhsd) or as a view of a (B, S, H, D) one."""
-    b, h, s, d = shape
-    stored = (b, h, s, d) if layout == "bhsd" else (b, s, h, d)
-    t = torch.randn(stored, device="cuda", dtype=torch.bfloat16, generator=g)
-    return (t if layout == "bhsd" else t.transpose(1, 2)).requires_grad_()
 
 
 @contextlib.contextmanager

@@ -19,15 +19,17 @@ else DDP=recipes/configs/ddp.yaml; FSDP=recipes/configs/fsdp.yaml; fi
 COMMON=(--model "${MODEL:-embedded:100m}" --seq-len "${SEQ:-2048}" --packing --steps "${STEPS:-60}" --lr 6e-4
         --warmup 10 --save-every 1000)
 NAMES=${NAMES:-sdpa,sdpa_efficient,sdpa_cudnn,triton_attention}
-timeout 200 python3 recipes/finetune.py "${COMMON[@]}" --attn "$NAMES" --batch-size 8 --output-dir "$R/one" \
-  > "$R/one_log.txt" 2>&1
-timeout 200 accelerate launch --config_file "$DDP" --num_processes 2 recipes/finetune.py "${COMMON[@]}" \
-  --attn "$NAMES" --batch-size 4 --output-dir "$R/ddp" > "$R/ddp_log.txt" 2>&1
-timeout 200 accelerate launch --config_file "$FSDP" --num_processes 2 recipes/finetune.py "${COMMON[@]}" \
-  --attn "$NAMES" --batch-size 4 --output-dir "$R/fsdp" > "$R/fsdp_log.txt" 2>&1
-python3 benchmarks/scaling.py one="$R/one" ddp="$R/ddp" fsdp="$R/fsdp" --out "$R" > "$R/scaling_log.txt" 2>&1
-timeout 300 accelerate launch --config_file "$DDP" --num_processes 2 recipes/compare.py "${COMMON[@]}" \
-  --batch-size 4 --output-dir "$R/compare_2gpu" > "$R/compare_2gpu_log.txt" 2>&1
-rm -rf "$R"/{one,ddp,fsdp,compare_2gpu}/*/checkpoints "$R"/{one,ddp,fsdp,compare_2gpu}/*/model
-cat "$R/scaling.md"
-(cd "$R" && tar czf ../results.tgz . ) && rm -rf "$R"
+# Each step packs what exists so far, so a call cut at its limit still brings back the finished steps; the
+# comparison gets whatever is left of the call's 10 minutes.
+pack() { rm -rf "$R"/*/*/checkpoints "$R"/*/*/model; (cd "$R" && tar czf ../results.tgz .); }
+timeout 150 python3 recipes/finetune.py "${COMMON[@]}" --attn "$NAMES" --batch-size 8 --output-dir "$R/one" \
+  > "$R/one_log.txt" 2>&1; echo "one GPU rc=$? at ${SECONDS}s"; pack
+timeout 150 accelerate launch --config_file "$DDP" --num_processes 2 recipes/finetune.py "${COMMON[@]}" \
+  --attn "$NAMES" --batch-size 4 --output-dir "$R/ddp" > "$R/ddp_log.txt" 2>&1; echo "ddp rc=$? at ${SECONDS}s"; pack
+timeout 150 accelerate launch --config_file "$FSDP" --num_processes 2 recipes/finetune.py "${COMMON[@]}" \
+  --attn "$NAMES" --batch-size 4 --output-dir "$R/fsdp" > "$R/fsdp_log.txt" 2>&1; echo "fsdp rc=$? at ${SECONDS}s"
+python3 benchmarks/scaling.py one="$R/one" ddp="$R/ddp" fsdp="$R/fsdp" --out "$R" > "$R/scaling_log.txt" 2>&1; pack
+timeout $(( ${CALL_LIMIT:-580} - SECONDS )) accelerate launch --config_file "$DDP" --num_processes 2 \
+  recipes/compare.py "${COMMON[@]}" --batch-size 4 --output-dir "$R/compare_2gpu" > "$R/compare_2gpu_log.txt" 2>&1
+echo "compare rc=$? at ${SECONDS}s"; pack
+cat "$R/scaling.md"; rm -rf "$R"

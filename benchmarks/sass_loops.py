@@ -2,7 +2,6 @@
 count the instructions of each loop body by kind, with the registers and stack a thread uses.
 
     python benchmarks/sass_loops.py forward --head-dim 64 [--block-m 64 --block-n 64 --warps 4 --stages 3 --no-tma]
-    python benchmarks/sass_loops.py switches    # every combination of the kernels' AB switches, as a table
 
 Triton ships ptxas and nvdisasm, so this needs no device. The forward, dQ and dK/dV kernels walk their blocks in
 three phases (masked edge, unmasked middle, masked edge, kernels/tiles.py): the middle loop is where a long
@@ -32,7 +31,7 @@ KERNELS = {"forward": ("forward", "attention_fwd_kernel", ("K", "V"), "BLOCK_N")
 ALIGNED_INTS = {"H", "HK", "SQ", "SKV"}
 DEFAULT_FLAGS = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, HAS_PADDING=False,
                      HAS_WINDOW=False, HAS_HOLES=False, HAS_DOC=False, SOFTCAP=0, DROPOUT=False, DOT_PRECISION="tf32",
-                     TMA=True)
+                     TMA=True, HEADS_INNER=False)
 
 
 def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **flags):
@@ -41,11 +40,9 @@ def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **fla
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from hf_sdpa.kernels.ops import _ab_bits
-
     module, kernel_name, streamed, rows = KERNELS[name]
     kernel = getattr(importlib.import_module(f"hf_sdpa.kernels.{module}"), kernel_name)
-    flags = {**DEFAULT_FLAGS, "AB": _ab_bits(), **flags}  # the AB switches as ops has them unless given
+    flags = {**DEFAULT_FLAGS, **flags}
     signature, attrs = {}, {}
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:
@@ -94,44 +91,9 @@ def loop_report(compiled) -> dict:
     return dict(resources, loops=loops)
 
 
-# The cases of benchmarks/NOTES.md entry 8's table: (label, kernel, warps, stages, flags).
-SWITCH_CASES = [
-    ("forward d64 causal", "forward", 4, 3, dict(HEAD_DIM=64, BLOCK_D=64)),
-    ("forward d128 causal", "forward", 4, 3, dict()),
-    ("forward d128 padded + window", "forward", 4, 3, dict(HAS_PADDING=True, HAS_WINDOW=True)),
-    ("forward d256 causal 128x64", "forward", 8, 2, dict(HEAD_DIM=256, BLOCK_D=256, BLOCK_M=128)),
-    ("dQ d64 causal", "dq", 4, 3, dict(HEAD_DIM=64, BLOCK_D=64)),
-    ("dQ d128 padded + window 64x32", "dq", 4, 3, dict(BLOCK_N=32, HAS_PADDING=True, HAS_WINDOW=True)),
-    ("dK/dV d64 causal", "dkdv", 4, 3, dict(HEAD_DIM=64, BLOCK_D=64)),
-    ("dK/dV d128 causal 64x128", "dkdv", 8, 2, dict(BLOCK_N=128)),
-]
-
-
-def switch_table() -> str:
-    """Middle / masked loop instructions per thread for every combination of the AB switches (tiles.AB_*)."""
-    import triton
-
-    from hf_sdpa.kernels.ops import _AB_BITS
-    combos = range(1 << len(_AB_BITS))
-
-    def names(ab):
-        return "+".join(n for n, bit in _AB_BITS.items() if ab & bit) or "none"
-    lines = [f"Triton {triton.__version__}, sm90; per combination: registers/stack bytes, then the loops' "
-             "instructions per thread and iteration (middle first)", "",
-             "| case | " + " | ".join(names(ab) for ab in combos) + " |", "|---|" + "---|" * len(combos)]
-    for label, kernel, warps, stages, flags in SWITCH_CASES:
-        cells = []
-        for ab in combos:
-            r = loop_report(compile_for_hopper(kernel, warps, stages, AB=ab, **flags))
-            cells.append(f"{r['reg']}/{r['stack']}: " + ", ".join(str(lp["instructions"]) for lp in r["loops"][:3]))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kernel", choices=sorted(KERNELS) + ["switches"],
-                        help="a kernel, or 'switches': the table of every AB switch combination (NOTES entry 8)")
+    parser.add_argument("kernel", choices=sorted(KERNELS))
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-m", type=int, default=64)
     parser.add_argument("--block-n", type=int, default=64)
@@ -141,9 +103,6 @@ def main():
     parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
-    if args.kernel == "switches":
-        print(switch_table())
-        return
     compiled = compile_for_hopper(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                   BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                                   CAUSAL=not args.full, TMA=not args.no_tma)

@@ -5,7 +5,8 @@
 Per case, the candidates of kernels/config.py (the table's choice first, with and without TMA on Hopper): the
 forward configurations timed on the forward alone, then the dK/dV configurations (with the current dQ one) and
 the dQ configurations (with the best dK/dV one) timed on forward+backward (--passes forward: the forward only;
---passes table: the table's configurations alone, to compare cases rather than configurations).
+--passes table: the table's configurations alone, to compare cases rather than configurations; --heads-inner
+on/off forces how the dK/dV pass walks a GQA group's heads, config.dkdv_heads_inner).
 Medians of triton.testing.do_bench; a configuration that does not compile or run is recorded with its error;
 max_diff is each forward variant's largest difference from the table's output. A case name may add a batch size
 (b2; else 16k tokens per batch) and a layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors,
@@ -165,7 +166,11 @@ def main():
     p.add_argument("--out", default="benchmarks/results/local")
     p.add_argument("--cases", default=DEFAULT_CASES)
     p.add_argument("--passes", choices=("all", "forward", "table"), default="all")
+    p.add_argument("--heads-inner", choices=("table", "on", "off"), default="table",
+                   help="how the dK/dV pass walks a GQA group's heads: as config.dkdv_heads_inner says, or forced")
     a = p.parse_args()
+    if a.heads_inner != "table":
+        ops.dkdv_heads_inner = lambda block_d, group, on=a.heads_inner == "on": on and group > 1
     os.makedirs(a.out, exist_ok=True)
     results = []
     for name in a.cases.split(","):
@@ -173,11 +178,12 @@ def main():
         print(json.dumps(results[-1]), flush=True)
         torch.cuda.empty_cache()
     with open(os.path.join(a.out, "tune.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), results=results), f, indent=1)
+        json.dump(dict(device=torch.cuda.get_device_name(), heads_inner=a.heads_inner, results=results), f, indent=1)
     lines = [f"# Launch configuration sweep: {torch.cuda.get_device_name()}", "",
              "bf16, 32 query heads, 16k tokens per batch unless the case names a batch (b2), the layout the case "
              "names (see the docstring); ms medians. 'current' is the first candidate (the table in "
-             "kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages, TMA).", "",
+             "kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages, TMA); dK/dV "
+             f"heads inner: {a.heads_inner}.", "",
              "| case | fa2 fwd | cudnn fwd | current fwd | best fwd | fa2 fwd+bwd | cudnn fwd+bwd | current fwd+bwd "
              "| best fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [summary_line(r) for r in results]

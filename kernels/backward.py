@@ -14,7 +14,7 @@ where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is
 import triton
 import triton.language as tl
 
-from .tiles import (AB_HEADS_INNER, dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, mask_scores,
+from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, mask_scores,
                     phase_bounds, query_bounds, split_phases, tile_mask)
 
 
@@ -40,8 +40,7 @@ def _dkdv_tile(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, str
                bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-               AB: tl.constexpr):
+               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Adds one query block [start_m, start_m + BLOCK_M) of head h to dK, dV of one key block; tiles are
     (keys, rows)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -61,7 +60,7 @@ def _dkdv_tile(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, str
         if HAS_DOC:
             doc = tl.load(doc_base + offs_m, mask=offs_m < SQ, other=0)[None, :]
         keep = tile_mask(offs_m[None, :], offs_n[:, None], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc,
-                         CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
+                         CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
         s_t = tl.where(keep, s_t, float("-inf"))
     p_t = tl.math.exp2(s_t - lse[None, :])
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -86,11 +85,11 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_q
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
                  SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-                 AB: tl.constexpr):
+                 HEADS_INNER: tl.constexpr):
     """Accumulates dK, dV of one key block over query rows [m_begin, m_end) of the heads [h_first, h_first +
-    n_heads). AB_HEADS_INNER: one loop over (query block, head) pairs, heads innermost, so that in a model's
+    n_heads). HEADS_INNER: one loop over (query block, head) pairs, heads innermost, so that in a model's
     (B, S, H, D) layout a group's rows are read side by side; else head by head."""
-    if AB_HEADS_INNER & AB:
+    if HEADS_INNER:
         start_m = m_begin
         h = h_first
         for _ in range(0, tl.cdiv(m_end - m_begin, BLOCK_M) * n_heads):
@@ -100,7 +99,7 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_q
                                 stride_qm, stride_dom, b, h, offs_n, start_m, bh, SQ, SKV, kv_lo, kv_hi, window,
                                 key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D,
                                 BLOCK_M, MASKED, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
-                                DOT_PRECISION, TMA, AB)
+                                DOT_PRECISION, TMA)
             h += 1
             wrap = h == h_first + n_heads
             h = tl.where(wrap, h_first, h)
@@ -115,7 +114,7 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_q
                                     Delta + bh.to(tl.int64) * SQ, stride_qm, stride_dom, b, h, offs_n, start_m, bh,
                                     SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
                                     dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, MASKED, CAUSAL, HAS_WINDOW,
-                                    HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, AB)
+                                    HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
     return dk, dv
 
 
@@ -130,7 +129,7 @@ def attention_bwd_dkdv_kernel(
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
         HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TMA: tl.constexpr, AB: tl.constexpr):
+        TMA: tl.constexpr, HEADS_INNER: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bhk = tl.program_id(1)
     HK = H // GROUP
@@ -155,7 +154,7 @@ def attention_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     # heads inner: the three phases, each over the whole group; else head by head, the phases within each
-    heads_per_call = GROUP if AB_HEADS_INNER & AB else 1
+    heads_per_call = GROUP if HEADS_INNER else 1
     for g in range(0, GROUP, heads_per_call):
         for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
             begin, end = phase_bounds(phase, m_start, mid_lo, mid_hi, hi)
@@ -163,7 +162,7 @@ def attention_bwd_dkdv_kernel(
                                   stride_doh, stride_dom, b, hk * GROUP + g, heads_per_call, H, offs_n, begin, end,
                                   SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
                                   dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, phase != 1, CAUSAL, HAS_WINDOW,
-                                  HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, AB)
+                                  HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, HEADS_INNER)
 
     st = ld
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn
@@ -178,8 +177,7 @@ def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk,
                qk_scale, sm_scale, softcap, dropout_p, seed,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-               AB: tl.constexpr):
+               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Accumulates dQ of one query block over keys [n_begin, n_end); tiles are (rows, keys)."""
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -189,7 +187,7 @@ def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk,
                            SOFTCAP)
         if MASKED:
             s = mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
-                            CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
+                            CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
@@ -212,7 +210,7 @@ def attention_bwd_dq_kernel(
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
         HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TMA: tl.constexpr, AB: tl.constexpr):
+        TMA: tl.constexpr):
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // H
@@ -244,6 +242,6 @@ def attention_bwd_dq_kernel(
         dq = _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, begin, end,
                         bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, qk_scale, sm_scale, softcap,
                         dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES,
-                        HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, AB)
+                        HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=ld)

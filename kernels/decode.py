@@ -22,7 +22,7 @@ def attention_decode_kernel(
         stride_ob, stride_oh, stride_om, stride_keep_b, HK, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
-        SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, AB: tl.constexpr):
+        SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     split = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // HK
@@ -58,7 +58,7 @@ def attention_decode_kernel(
                                         begin, end, bhk, SQ, SKV, kv_lo, kv_hi, window, keep_base, no_doc,
                                         qk_scale, sm_scale, softcap, 0.0, 0, HEAD_DIM, BLOCK_D, BLOCK_N,
                                         phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, False, SOFTCAP, False,
-                                        DOT_PRECISION, TMA, AB)
+                                        DOT_PRECISION, TMA)
     empty = l_i == 0.0
     part = bhk.to(tl.int64) * tl.num_programs(0) + split
     out = acc * (1.0 / tl.where(empty, 1.0, l_i))[:, None]

@@ -7,7 +7,7 @@ output and the row log-sum-exp (log2 units; +inf for a row that sees no key) for
 import triton
 import triton.language as tl
 
-from .tiles import (AB_FOLD_SCALE, SOFTCAP_NONE, dropout_keep, head_sources, key_bounds, kv_range, load_rows,
+from .tiles import (SOFTCAP_NONE, dropout_keep, head_sources, key_bounds, kv_range, load_rows,
                     logits, mask_scores, phase_bounds, split_phases)
 
 
@@ -17,18 +17,17 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
                 qk_scale, sm_scale, softcap, dropout_p, seed,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-                SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-                AB: tl.constexpr):
+                SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
         v = load_rows(v_src, b, hk, start_n, stride_vn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if MASKED or SOFTCAP != SOFTCAP_NONE or not (AB_FOLD_SCALE & AB):
+        if MASKED or SOFTCAP != SOFTCAP_NONE:
             s, _ = logits(qk, qk_scale, sm_scale, softcap, SOFTCAP)
             if MASKED:
                 s = mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
-                                CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
+                                CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays at zero
             p = tl.math.exp2(s - m_ref[:, None])
@@ -56,7 +55,7 @@ def attention_fwd_kernel(
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
         HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TMA: tl.constexpr, AB: tl.constexpr):
+        TMA: tl.constexpr):
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
@@ -88,7 +87,7 @@ def attention_fwd_kernel(
                                     begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                                     qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N,
                                     phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
-                                    DOT_PRECISION, TMA, AB)
+                                    DOT_PRECISION, TMA)
 
     empty = l_i == 0.0
     row_scale = 1.0 / tl.where(empty, 1.0, l_i)  # one division per row, then a multiply per element

@@ -13,24 +13,11 @@ except ImportError:  # Triton before 3.4: pointer loads only
 
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, delta_kernel
 from .autotune import TUNER, bucket, enabled as autotune_enabled
-from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_splits, dkdv_config, dq_config,
-                     forward_config, head_block, interpreting)
+from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_splits, dkdv_config, dkdv_heads_inner,
+                     dq_config, forward_config, head_block, interpreting)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
-from .tiles import (AB_FOLD_SCALE, AB_HEADS_INNER, AB_RANGE_MASK, LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE,
-                    dropout_mask_kernel)
-
-
-# Forms of the kernels' code under a device A/B (the AB_* bits of tiles.py; benchmarks/ab_switch.py flips one).
-# HEADS_INNER starts off: it adds instructions per block and can only pay where a model's layout makes the
-# dK/dV pass memory-bound (benchmarks/NOTES.md entry 8).
-AB_SWITCHES = dict(FOLD_SCALE=True, RANGE_MASK=True, HEADS_INNER=False)
-_AB_BITS = dict(FOLD_SCALE=AB_FOLD_SCALE.value, RANGE_MASK=AB_RANGE_MASK.value, HEADS_INNER=AB_HEADS_INNER.value)
-
-
-def _ab_bits(reads: tuple = tuple(_AB_BITS)) -> int:
-    """The bits of the switches that are on, of those a kernel reads (a flipped switch recompiles only those)."""
-    return sum(_AB_BITS[name] for name in reads if AB_SWITCHES[name])
+from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 
 # Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
@@ -85,16 +72,14 @@ def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
     return (SOFTCAP_HW_TANH if hardware else SOFTCAP_EXACT).value
 
 
-def _pattern_args(p: Pattern, q: torch.Tensor, ab_reads: tuple):
-    """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes;
-    ab_reads: the AB switches the pass's kernels read."""
+def _pattern_args(p: Pattern, q: torch.Tensor):
+    """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes."""
     tensors = tuple(q if t is None else t for t in (p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.doc_start))
     scalars = (p.scale * LOG2E.value, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
     fp32_exact = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     flags = dict(CAUSAL=p.causal, HAS_PADDING=p.kv_lo is not None, HAS_WINDOW=p.window is not None,
                  HAS_HOLES=p.key_keep is not None, HAS_DOC=p.doc_start is not None, SOFTCAP=_softcap_mode(p, q),
-                 DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32",
-                 AB=_ab_bits(ab_reads))
+                 DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32")
     strides = (0 if p.key_keep is None else p.key_keep.stride(0), 0 if p.doc_start is None else p.doc_start.stride(0))
     return tensors, scalars, strides, flags
 
@@ -145,6 +130,19 @@ def _choose(pass_name, default, q, k, flags, launch):
                         launch, q.device)
 
 
+def _on_tensor_device(run):
+    """Runs `run` with the first tensor's GPU current: Triton launches on the current device, so a model split
+    over GPUs (device_map="auto") would otherwise run cuda:1's layers on cuda:0, through peer reads."""
+    @functools.wraps(run)
+    def on_device(t, *args, **kwargs):
+        if t.is_cuda and t.device.index != torch.cuda.current_device():
+            with torch.cuda.device(t.device):
+                return run(t, *args, **kwargs)
+        return run(t, *args, **kwargs)
+    return on_device
+
+
+@_on_tensor_device
 def run_forward(q, k, v, p: Pattern):
     """q (B, H, SQ, D), k/v (B, HK, SKV, D) with unit stride on D. Returns out (B, H, SQ, D) and lse (B, H, SQ)."""
     B, H, SQ, D = q.shape
@@ -152,7 +150,7 @@ def run_forward(q, k, v, p: Pattern):
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
     block_d = head_block(D)
-    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q, ("FOLD_SCALE", "RANGE_MASK"))
+    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
 
     def launch(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
@@ -171,9 +169,10 @@ def run_forward(q, k, v, p: Pattern):
     return out, lse
 
 
-DECODE_FLAGS = ("CAUSAL", "HAS_PADDING", "HAS_WINDOW", "HAS_HOLES", "SOFTCAP", "DOT_PRECISION", "AB")
+DECODE_FLAGS = ("CAUSAL", "HAS_PADDING", "HAS_WINDOW", "HAS_HOLES", "SOFTCAP", "DOT_PRECISION")
 
 
+@_on_tensor_device
 def run_decode(q, k, v, p: Pattern):
     """Split-KV forward for few queries against a long cache (no dropout, no packing, no gradient)."""
     B, H, SQ, D = q.shape
@@ -190,7 +189,7 @@ def run_decode(q, k, v, p: Pattern):
     arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
-        _pattern_args(p, q, ("FOLD_SCALE", "RANGE_MASK"))
+        _pattern_args(p, q)
     k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
     attention_decode_kernel[(splits, B * HK)](
         q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap,
@@ -203,6 +202,7 @@ def run_decode(q, k, v, p: Pattern):
     return out
 
 
+@_on_tensor_device
 def run_backward(q, k, v, out, lse, do, p: Pattern):
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
@@ -216,8 +216,8 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
         H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows, **FUSED)
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q, ("RANGE_MASK", "HEADS_INNER"))
-    dq_flags = dict(flags, AB=_ab_bits(("RANGE_MASK",)))
+    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
+    heads_inner = dkdv_heads_inner(block_d, H // HK)
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
@@ -228,7 +228,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
+            HEADS_INNER=heads_inner, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
     def launch_dq(cfg):
@@ -237,14 +237,14 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             q, k_arg, v_arg, do, dq, lse, delta, *tensors, *scalars, *common,
             dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **dq_flags, TMA=tma,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
     tma, gqa = has_tma(q.device), H > HK
     cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dkdv)
     _announce("attention_bwd_dkdv_kernel", cfg, TMA=launch_dkdv(cfg))
-    cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, dq_flags, launch_dq)
+    cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq)
     _announce("attention_bwd_dq_kernel", cfg, TMA=launch_dq(cfg))
     return dq, dk, dv
 
@@ -252,6 +252,12 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
 def dropout_keep_mask(seed: int, batch: int, heads: int, q_len: int, kv_len: int, dropout_p: float, device):
     """The (B, H, SQ, SKV) bool pattern of kept probabilities that attention() uses for this seed."""
     out = torch.empty(batch * heads, q_len, kv_len, dtype=torch.uint8, device=device)
-    grid = (cdiv(q_len, 16), cdiv(kv_len, 16), batch * heads)
-    dropout_mask_kernel[grid](out, seed, q_len, kv_len, dropout_p, BLOCK_M=16, BLOCK_N=16, **FUSED)
+    _fill_keep_mask(out, seed, dropout_p)
     return out.view(batch, heads, q_len, kv_len).bool()
+
+
+@_on_tensor_device
+def _fill_keep_mask(out, seed: int, dropout_p: float):
+    _, q_len, kv_len = out.shape
+    grid = (cdiv(q_len, 16), cdiv(kv_len, 16), out.shape[0])
+    dropout_mask_kernel[grid](out, seed, q_len, kv_len, dropout_p, BLOCK_M=16, BLOCK_N=16, **FUSED)

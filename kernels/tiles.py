@@ -14,13 +14,6 @@ import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: Triton 3.6 reads no other globals in jit code
 
-# Bits of the kernels' AB argument: forms of the code under a device A/B (benchmarks/ab_switch.py, ops.AB_SWITCHES).
-# Each bit, and the form that loses, is removed after its A/B (benchmarks/NOTES.md entry 8).
-AB_FOLD_SCALE = tl.constexpr(1)  # the unmasked forward blocks fold the scale into the exponent's multiply-add
-AB_RANGE_MASK = tl.constexpr(2)  # tile_mask keeps one key range per row instead of one test per condition
-AB_HEADS_INNER = tl.constexpr(4)  # the dK/dV pass walks (query block, head) pairs with the GQA group's heads inner
-
-
 @triton.jit
 def split_phases(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
     """Blocks in [start, mid_lo) and [mid_hi, hi) need the mask; [mid_lo, mid_hi) are whole and unmasked."""
@@ -142,33 +135,19 @@ def load_rows(src, b, h, start, stride_row, n_rows, HEAD_DIM: tl.constexpr, BLOC
 
 @triton.jit
 def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
-              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-              AB: tl.constexpr):
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
     """True where row q_idx may attend key k_idx; the caller shapes the indices (M, 1)/(1, N) or transposed.
 
-    AB_RANGE_MASK: padding, the causal diagonal, the window and the document start each cut a row's keys from one
-    end, so a row keeps one range [lo, lo + width), built per row; an element costs one subtraction and one
-    unsigned compare (a key below lo wraps to a large unsigned number), plus the holes' byte. Rows past SQ are
-    not rejected: their queries are zeros (their dO too, and their LSE +inf) and nothing of theirs is stored."""
+    One select per condition: a single key range per row (a subtraction and an unsigned compare) has fewer
+    instructions but measured 2-7% slower on padded, window and softcap inputs (benchmarks/NOTES.md entry 8)."""
     diag = q_idx + (SKV - SQ)
-    if AB_RANGE_MASK & AB:
-        lo = kv_lo
-        hi = kv_hi
-        if CAUSAL:
-            hi = tl.minimum(hi, diag + 1)
-        if HAS_WINDOW:
-            lo = tl.maximum(lo, diag - window + 1)
-        if HAS_DOC:
-            lo = tl.maximum(lo, doc_start)
-        keep = (k_idx - lo).to(tl.uint32, bitcast=True) < tl.maximum(hi - lo, 0).to(tl.uint32, bitcast=True)
-    else:
-        keep = (k_idx >= kv_lo) & (k_idx < kv_hi) & (q_idx < SQ)
-        if CAUSAL:
-            keep = keep & (k_idx <= diag)
-        if HAS_WINDOW:
-            keep = keep & (k_idx > diag - window)
-        if HAS_DOC:
-            keep = keep & (k_idx >= doc_start)
+    keep = (k_idx >= kv_lo) & (k_idx < kv_hi) & (q_idx < SQ)
+    if CAUSAL:
+        keep = keep & (k_idx <= diag)
+    if HAS_WINDOW:
+        keep = keep & (k_idx > diag - window)
+    if HAS_DOC:
+        keep = keep & (k_idx >= doc_start)
     if HAS_HOLES:
         keep = keep & (key_keep != 0)
     return keep
@@ -176,14 +155,13 @@ def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
 
 @triton.jit
 def mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
-                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-                AB: tl.constexpr):
+                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
     """A (rows, keys) tile of scores with what the pattern hides set to -inf (forward and dQ passes)."""
     key_keep = 0
     if HAS_HOLES:
         key_keep = tl.load(keep_base + offs_n, mask=offs_n < SKV, other=0)[None, :]
     keep = tile_mask(offs_m[:, None], offs_n[None, :], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_rows[:, None],
-                     CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, AB)
+                     CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
     return tl.where(keep, s, float("-inf"))
 
 

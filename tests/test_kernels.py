@@ -104,14 +104,14 @@ def test_features(case, dtype):
     run_case(b, h, hk, sq, skv, d, dtype, **options)
 
 
-@pytest.mark.parametrize("switch", sorted(ops.AB_SWITCHES))
-def test_both_forms_of_each_ab_switch_match_the_reference(switch, monkeypatch):
-    """The forms of the kernels' code under a device A/B (ops.AB_SWITCHES) are both correct: the side that is not
-    the default runs here, forward and backward, on masked, windowed and packed GQA cases."""
-    monkeypatch.setitem(ops.AB_SWITCHES, switch, not ops.AB_SWITCHES[switch])
+@pytest.mark.parametrize("heads_inner", [False, True], ids=["head_by_head", "heads_inner"])
+def test_dkdv_walks_a_gqa_group_either_way(heads_inner, monkeypatch):
+    """The dK/dV pass walks its GQA group head by head or with the heads innermost (config.dkdv_heads_inner picks
+    by head size); both give the reference's gradients on masked, windowed and packed GQA cases."""
+    monkeypatch.setattr(ops, "dkdv_heads_inner", lambda block_d, group: heads_inner and group > 1)
     run_case(2, 4, 2, 40, 40, 32, torch.float16, causal=True, padding="left", window=9)
     run_case(1, 4, 1, 33, 33, 16, torch.float16, causal=True, packed=True)
-    run_case(2, 2, 1, 19, 31, 24, torch.float32, padding="holes", scale=-0.3)
+    run_case(2, 4, 1, 19, 31, 24, torch.float32, padding="holes", scale=-0.3)
 
 
 @pytest.mark.parametrize("d", [16, 40, 64, 80, 96, 112, 128, 256])
@@ -277,6 +277,21 @@ def test_gpu_offsets_past_2_31_elements():
     ref = attention_ref(q[last, :2], k[last, :2], v[last, :2], keep, dtype=torch.float32)
     assert (out[last, :2].float() - ref).abs().max().item() < 2e-2
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_runs_on_the_inputs_gpu_not_the_current_one():
+    """A model split over GPUs (device_map="auto") hands cuda:1 tensors while cuda:0 is current: forward, backward
+    and the split-KV decode launch on the inputs' GPU and give the reference's answer."""
+    torch.cuda.set_device(0)
+    run_case(2, 8, 2, 300, 300, 64, torch.float16, causal=True, padding="left", device="cuda:1")
+    q = torch.randn(2, 8, 1, 64, device="cuda:1", dtype=torch.float16)
+    k, v = (torch.randn(2, 2, 4096, 64, device="cuda:1", dtype=torch.float16) for _ in range(2))
+    keep = pattern_mask(2, 1, 4096, causal=True, device="cuda:1")
+    out = attention(q, k, v, causal=True)
+    assert_within("decode out", out, attention_ref(q, k, v, keep), attention_ref(q, k, v, keep, dtype=q.dtype), q.dtype)
+    assert torch.cuda.current_device() == 0
 
 DECODE_CASES = [
     # b, h, hk, sq, skv, d, options: few queries against a longer cache, as generate() sends them

@@ -74,7 +74,25 @@ def accelerator_for(args):
         precision = "bf16" if torch.cuda.is_available() else "no"
     # Without a GPU, `accelerate launch --multi_gpu` (torchrun underneath) gives DDP over gloo on the CPU;
     # accelerate's own `--cpu` launches one process unless MPI is installed.
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
+                       fsdp_plugin=fsdp_plugin_for(precision))
+
+
+def fsdp_plugin_for(precision: str):
+    """Under an FSDP launch, the plugin accelerate would build, but with gradients reduced in fp32: accelerate's
+    default for bf16/fp16 reduces them in that dtype, which drifted the 2-GPU loss curves away from one GPU's
+    (benchmarks/results/h200x2). None when not launched with FSDP."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    from accelerate import FullyShardedDataParallelPlugin
+    plugin = FullyShardedDataParallelPlugin()  # the launch's FSDP settings, from the environment
+    if precision not in ("bf16", "fp16"):
+        return plugin
+    low = torch.bfloat16 if precision == "bf16" else torch.float16
+    last = dict(output_dtype=low) if plugin.fsdp_version == 2 else dict(buffer_dtype=low)
+    plugin.mixed_precision_policy = dict(param_dtype=low, reduce_dtype=torch.float32, **last)
+    plugin.set_mixed_precision(plugin.mixed_precision_policy)
+    return plugin
 
 
 def implementation_names(spec: str) -> list:

@@ -90,52 +90,58 @@ def _key_range(mask: torch.Tensor):
     return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous(), holes.to(torch.int8).contiguous()
 
 
-_last_padding = (lambda: None, -1, None)  # (weak reference to a mask, its version, _padding_pattern of it)
+_LAST = {}  # kind -> (weak reference to a tensor, its version, the other arguments, the conversion of them)
 
 
-def _convert_padding(mask: torch.Tensor):
-    return (*_key_range(mask), mask.to(torch.int8).contiguous())
+def _converted_once(kind: str, t: torch.Tensor, convert, *args):
+    """convert(t, *args), kept while t lives unchanged (its version counts in-place writes) with the same args.
+
+    A model hands one mask and one position_ids tensor to all its layers: one conversion per forward instead of
+    one per layer, a dozen small launches of host time each. Not kept for inference tensors (no version), under
+    torch.compile (the graph has the conversion) or while a CUDA graph is captured (the same).
+    """
+    if torch.compiler.is_compiling() or t.is_inference() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return convert(t, *args)
+    ref, version, key, result = _LAST.get(kind, (lambda: None, -1, None, None))
+    if ref() is t and t._version == version and key == args:
+        return result
+    result = convert(t, *args)
+    _LAST[kind] = (weakref.ref(t), t._version, args, result)
+    return result
 
 
 def _padding_pattern(mask: torch.Tensor):
-    """(kv_lo, kv_hi, holes, key_keep) for a padding mask, as the kernels take it.
-
-    A model hands one mask tensor to all its layers, so the last conversion is kept while that tensor lives
-    and is unchanged (its version counts in-place writes): one conversion per forward instead of one per
-    layer, a dozen small launches of host time each. Not kept for inference tensors (no version), under
-    torch.compile (the graph has the conversion) or while a CUDA graph is captured (the same).
-    """
-    global _last_padding
-    if torch.compiler.is_compiling() or mask.is_inference() or (mask.is_cuda and
-                                                                 torch.cuda.is_current_stream_capturing()):
-        return _convert_padding(mask)
-    ref, version, pattern = _last_padding
-    if ref() is mask and mask._version == version:
-        return pattern
-    pattern = _convert_padding(mask)
-    _last_padding = (weakref.ref(mask), mask._version, pattern)
-    return pattern
+    """(kv_lo, kv_hi, holes, key_keep) for a padding mask, as the kernels take it."""
+    return _converted_once("padding", mask, lambda m: (*_key_range(m), m.to(torch.int8).contiguous()))
 
 
-def _doc_starts(new_doc: torch.Tensor) -> torch.Tensor:
-    """(B, S) bool marking each document's first token -> (B, S) int32 index of each token's document start."""
-    idx = torch.arange(new_doc.shape[1], device=new_doc.device).expand_as(new_doc)
-    return torch.where(new_doc, idx, 0).cummax(1).values.to(torch.int32).contiguous()
+def _documents(new_doc: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool marking each document's first token -> (B, 2, S) int32: each token's document start, then the
+    end (one past its last token): the dK/dV pass reads the ends to know which rows see a whole key block."""
+    seq = new_doc.shape[1]
+    idx = torch.arange(seq, device=new_doc.device).expand_as(new_doc)
+    start = torch.where(new_doc, idx, 0).cummax(1).values
+    last = torch.cat([new_doc[:, 1:], torch.ones_like(new_doc[:, :1])], 1)  # the next token starts a document
+    end = torch.where(last, idx + 1, seq).flip(1).cummin(1).values.flip(1)
+    return torch.stack([start, end], 1).to(torch.int32).contiguous()
 
 
-def doc_starts_from_position_ids(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
+def documents_from_position_ids(position_ids: torch.Tensor, batch: int, device) -> torch.Tensor:
     """A document starts wherever the position does not follow the previous one (Transformers' packing rule)."""
-    pos = position_ids.expand(batch, -1)
-    step = torch.ones_like(pos[:, :1], dtype=torch.bool)
-    return _doc_starts(torch.cat([step, (pos[:, 1:] - pos[:, :-1]) != 1], 1))
+    def convert(position_ids, batch, device):
+        pos = position_ids.to(device).expand(batch, -1)
+        step = torch.ones_like(pos[:, :1], dtype=torch.bool)
+        return _documents(torch.cat([step, (pos[:, 1:] - pos[:, :-1]) != 1], 1))
+    return _converted_once("position_ids", position_ids, convert, batch, torch.device(device))
 
 
-def doc_starts_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+def documents_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device) -> torch.Tensor:
+    cu_seqlens = cu_seqlens.to(device)
     new_doc = torch.zeros(1, total, dtype=torch.bool, device=cu_seqlens.device)
     starts = cu_seqlens[:-1].long()
     new_doc[0, starts[starts < total]] = True
     new_doc[0, 0] = True
-    return _doc_starts(new_doc)
+    return _documents(new_doc)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -175,19 +181,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         kv_lo, kv_hi, holes, key_keep = _padding_pattern(key_padding_mask)
     else:
         kv_lo = kv_hi = holes = key_keep = None
-    doc_start = None
+    documents = None
     if position_ids is not None:
-        doc_start = doc_starts_from_position_ids(position_ids.to(q.device), B)
+        documents = documents_from_position_ids(position_ids, B, q.device)
     elif cu_seqlens is not None:
-        doc_start = doc_starts_from_cu_seqlens(cu_seqlens.to(q.device), SQ)
+        documents = documents_from_cu_seqlens(cu_seqlens, SQ, q.device)
     if dropout_p > 0 and seed is None:
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
-    pattern = Pattern(kv_lo=kv_lo, kv_hi=kv_hi, key_keep=key_keep, holes=holes, doc_start=doc_start,
+    pattern = Pattern(kv_lo=kv_lo, kv_hi=kv_hi, key_keep=key_keep, holes=holes, documents=documents,
                       causal=bool(causal), window=None if window is None else int(window),
                       softcap=None if softcap is None else float(softcap),
                       scale=scale,
                       dropout_p=float(dropout_p), seed=int(seed or 0))
-    lacks = _decode_lacks(q, k, v, dropout_p, doc_start)
+    lacks = _decode_lacks(q, k, v, dropout_p, documents)
     if split_kv and lacks:
         _refuse(f"split_kv=True needs {lacks}.", "Leave split_kv=None to choose automatically.")
     if split_kv or (split_kv is None and not lacks and SKV >= DECODE_MIN_KEYS):
@@ -195,13 +201,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     return TritonAttention.apply(q, k, v, *pattern.args())
 
 
-def _decode_lacks(q, k, v, dropout_p, doc_start) -> Optional[str]:
+def _decode_lacks(q, k, v, dropout_p, documents) -> Optional[str]:
     """What the split-KV decode path would need that this input lacks; None when it can run it."""
     sq, group = q.shape[2], q.shape[1] // k.shape[1]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return "no gradient (it has no backward pass)"
     if sq > DECODE_MAX_QUERIES or sq * group > DECODE_MAX_ROWS:
         return f"q_len <= {DECODE_MAX_QUERIES} and q_len * GQA group <= {DECODE_MAX_ROWS}"
-    if dropout_p > 0 or doc_start is not None:
+    if dropout_p > 0 or documents is not None:
         return "no dropout and no packed documents"
     return None

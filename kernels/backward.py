@@ -146,7 +146,7 @@ def attention_bwd_dkdv_kernel(
     if HAS_HOLES:
         key_keep = tl.load(KeyKeep + b.to(tl.int64) * stride_keep_b + offs_n, mask=offs_n < SKV, other=0)[:, None]
     kv_lo, kv_hi = kv_range(KvLo, KvHi, b, SKV, HAS_PADDING)
-    lo, hi, full_lo, full_hi = query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, window,
+    lo, hi, full_lo, full_hi = query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b, window,
                                             BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
     m_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_M)
     doc_base = DocStart + b * stride_doc_b

@@ -19,7 +19,7 @@ def _out_like(q: Tensor) -> Tensor:
 
 
 # The attention pattern (Pattern.args()), as the ops' schemas spell it.
-_PATTERN = ("Tensor? kv_lo, Tensor? kv_hi, Tensor? key_keep, Tensor? holes, Tensor? doc_start, bool causal, "
+_PATTERN = ("Tensor? kv_lo, Tensor? kv_hi, Tensor? key_keep, Tensor? holes, Tensor? documents, bool causal, "
             "int? window, float? softcap, float scale, float dropout_p, int seed")
 
 

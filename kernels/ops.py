@@ -44,13 +44,14 @@ class Pattern:
 
     kv_lo/kv_hi (B,) int32: the keys [lo, hi) a padding mask leaves (None without a mask: all keys);
     key_keep (B, SKV) int8 and holes (B,) int8: the padding mask itself, for masks with gaps;
-    doc_start (B, SQ) int32: first key of each row's document (packed sequences).
+    documents (B, 2, SQ) int32, contiguous: per row its document's first index ([:, 0]) and one past its last
+    ([:, 1]) (packed sequences; the kernels take it as DocStart and find the ends SQ further on).
     """
     kv_lo: Optional[torch.Tensor]
     kv_hi: Optional[torch.Tensor]
     key_keep: Optional[torch.Tensor]
     holes: Optional[torch.Tensor]
-    doc_start: Optional[torch.Tensor]
+    documents: Optional[torch.Tensor]
     causal: bool
     window: Optional[int]
     softcap: Optional[float]
@@ -60,7 +61,7 @@ class Pattern:
 
     def args(self) -> tuple:
         """The fields in order, flat (Pattern(*p.args()) rebuilds p), for torch.library ops, which take no dataclass."""
-        return (self.kv_lo, self.kv_hi, self.key_keep, self.holes, self.doc_start, self.causal, self.window,
+        return (self.kv_lo, self.kv_hi, self.key_keep, self.holes, self.documents, self.causal, self.window,
                 self.softcap, self.scale, self.dropout_p, self.seed)
 
 
@@ -74,13 +75,13 @@ def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
 
 def _pattern_args(p: Pattern, q: torch.Tensor):
     """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes."""
-    tensors = tuple(q if t is None else t for t in (p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.doc_start))
+    tensors = tuple(q if t is None else t for t in (p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.documents))
     scalars = (p.scale * LOG2E.value, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
     fp32_exact = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     flags = dict(CAUSAL=p.causal, HAS_PADDING=p.kv_lo is not None, HAS_WINDOW=p.window is not None,
-                 HAS_HOLES=p.key_keep is not None, HAS_DOC=p.doc_start is not None, SOFTCAP=_softcap_mode(p, q),
+                 HAS_HOLES=p.key_keep is not None, HAS_DOC=p.documents is not None, SOFTCAP=_softcap_mode(p, q),
                  DROPOUT=p.dropout_p > 0, DOT_PRECISION="ieee" if fp32_exact else "tf32")
-    strides = (0 if p.key_keep is None else p.key_keep.stride(0), 0 if p.doc_start is None else p.doc_start.stride(0))
+    strides = (0 if p.key_keep is None else p.key_keep.stride(0), 0 if p.documents is None else p.documents.stride(0))
     return tensors, scalars, strides, flags
 
 

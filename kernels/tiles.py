@@ -75,10 +75,14 @@ def key_bounds(b, start_m, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b,
 
 
 @triton.jit
-def query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, window,
+def query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b, window,
                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
-    """Rows [lo, hi) that may see some key of the key block, and [full_lo, full_hi) that see all of it."""
+    """Rows [lo, hi) that may see some key of the key block, and [full_lo, full_hi) that see all of it.
+
+    With packed documents (q_len == kv_len) DocStart holds each token's document start and, SQ further on, its
+    end: a row sees key n only before n's document ends, so the rows that see the whole block end where the
+    first key's document does, and no row past the last key's document end sees any of it."""
     offset = SKV - SQ
     last_n = tl.minimum(start_n + BLOCK_N, SKV) - 1
     lo = 0
@@ -91,14 +95,16 @@ def query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, window,
     if HAS_WINDOW:
         hi = tl.minimum(hi, last_n - offset + window)
         full_hi = tl.minimum(full_hi, start_n - offset + window)
+    if HAS_DOC:
+        ends = DocStart + b * stride_doc_b + SQ
+        hi = tl.minimum(hi, tl.load(ends + last_n))
+        full_hi = tl.minimum(full_hi, tl.load(ends + start_n))
     outside = (start_n >= kv_hi) | (last_n < kv_lo)
     hi = tl.where(outside, lo, hi)
     partial = (start_n < kv_lo) | (start_n + BLOCK_N > kv_hi)
     if HAS_HOLES:
         partial = partial | (tl.load(Holes + b) != 0)
     full_lo = tl.where(partial, hi, full_lo)
-    if HAS_DOC:  # rows of a later document skip this block; no row range is known to see all of it
-        full_lo = hi
     return tl.maximum(lo, 0), hi, full_lo, full_hi
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import DEVICE, HAS_GPU
 from hf_sdpa import AttentionRefused
 from hf_sdpa.kernels import attention, dropout_keep_mask, ops
-from hf_sdpa.kernels.attention import doc_starts_from_position_ids
+from hf_sdpa.kernels.attention import documents_from_position_ids
 from reference import assert_within, attention_ref, pattern_mask
 
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_GPU else [])
@@ -60,7 +60,7 @@ def run_case(b, h, hk, sq, skv, d, dtype, *, causal=False, padding=None, window=
     pos = make_positions(b, sq, device) if packed else None
     out = attention(q, k, v, causal=causal, scale=scale, key_padding_mask=pad, position_ids=pos, window=window,
                     softcap=softcap)
-    doc = doc_starts_from_position_ids(pos, b) if packed else None
+    doc = documents_from_position_ids(pos, b, device)[:, 0] if packed else None
     keep = pattern_mask(b, sq, skv, causal=causal, padding=pad, window=window, doc_start=doc, device=device)
     ref = attention_ref(q, k, v, keep, scale=scale, softcap=softcap)
     low = attention_ref(q, k, v, keep, scale=scale, softcap=softcap, dtype=dtype)
@@ -102,6 +102,13 @@ CASES = [
 def test_features(case, dtype):
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
+
+
+def test_documents_from_position_ids_give_each_tokens_document_start_and_end():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [5, 6, 7, 8, 9, 10]])
+    docs = documents_from_position_ids(pos, 2, "cpu")
+    assert docs[:, 0].tolist() == [[0, 0, 0, 3, 3, 5], [0, 0, 0, 0, 0, 0]]
+    assert docs[:, 1].tolist() == [[3, 3, 3, 5, 5, 6], [6, 6, 6, 6, 6, 6]]
 
 
 @pytest.mark.parametrize("heads_inner", [False, True], ids=["head_by_head", "heads_inner"])

@@ -3,9 +3,13 @@ through torch.compile, profiled.
 
 For each name, on one model with the same weights: the loss and the gradient norm of one forward+backward
 (the names must agree: a name that skipped work would show here), then torch.profiler's GPU kernel time per
-step and the kernels that take most of it. Writes training_profile.txt (and prints it).
+step and the kernels that take most of it, beside the step's wall time (synchronised): a wall time well above
+the kernel time means the step is bound by the host. --host adds the host side (torch.profiler's CPU activity:
+per op, CPU time over the profiled steps, our custom ops and autograd function among them). Writes training_profile.txt (and
+prints it).
 
     python benchmarks/training_profile.py --compile --names triton_attention,sdpa --out benchmarks/results/local
+    python benchmarks/training_profile.py --size 100m --batch 4 --seq 2048 --host   # issue 7's per-GPU step
 """
 import argparse
 import io
@@ -14,7 +18,7 @@ import os
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from e2e_bench import SIZES, model_for
+from e2e_bench import SIZES, model_for, now
 
 
 def main():
@@ -25,6 +29,7 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--host", action="store_true", help="also the host side: CPU time per op")
     parser.add_argument("--out", default="benchmarks/results/local")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -36,6 +41,8 @@ def main():
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device=device)
     report = io.StringIO()
     activities = [ProfilerActivity.CUDA] if device == "cuda" else [ProfilerActivity.CPU]
+    if args.host and device == "cuda":
+        activities.append(ProfilerActivity.CPU)
     for name in names:
         torch._dynamo.reset()
         model.set_attn_implementation(name)
@@ -50,18 +57,30 @@ def main():
             model.zero_grad(set_to_none=True)
             loss = step()
         grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in model.parameters()]))
-        with profile(activities=activities) as prof:
+
+        def steps():
             for _ in range(args.steps):
                 model.zero_grad(set_to_none=True)
                 step()
+
+        start = now(device)
+        steps()
+        wall_ms = (now(device) - start) * 1e3 / args.steps
+        with profile(activities=activities) as prof:
+            steps()
             if device == "cuda":
                 torch.cuda.synchronize()
         events = prof.key_averages()
         attr = "device_time_total" if device == "cuda" else "cpu_time_total"
         total_ms = sum(getattr(e, attr) for e in events if e.device_type.name == activities[0].name) / 1e3
         print(f"## {name}{' (compiled)' if args.compile else ''}: loss {loss.item():.6f}, grad norm "
-              f"{grad_norm.item():.6f}, {total_ms / args.steps:.1f} ms of kernels per step", file=report)
+              f"{grad_norm.item():.6f}, {total_ms / args.steps:.1f} ms of kernels per step, {wall_ms:.1f} ms wall per "
+              "step", file=report)
         print(events.table(sort_by=attr, row_limit=12, max_name_column_width=90), file=report)
+        if args.host and device == "cuda":
+            print(f"Host side ({args.steps} steps; self CPU time, then CPU time including callees):", file=report)
+            print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=90), file=report)
+            print(events.table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=90), file=report)
     text = report.getvalue()
     print(text)
     with open(os.path.join(args.out, "training_profile.txt"), "w") as f:

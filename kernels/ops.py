@@ -133,7 +133,7 @@ def _choose(pass_name, default, q, k, flags, launch):
 
 def _on_tensor_device(run):
     """Runs `run` with the first tensor's GPU current: Triton launches on the current device, so a model split
-    over GPUs (device_map="auto") would otherwise run cuda:1's layers on cuda:0, through peer reads."""
+    over GPUs (device_map="auto") would otherwise launch cuda:1's layers on cuda:0."""
     @functools.wraps(run)
     def on_device(t, *args, **kwargs):
         if t.is_cuda and t.device.index != torch.cuda.current_device():

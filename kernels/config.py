@@ -77,13 +77,13 @@ def dkdv_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, gqa: b
     return LaunchConfig(64, 32, 4, 2)  # head size 256: 32 keys keep the fp32 dK/dV tiles in registers; TMA is slower
 
 
-
 def dkdv_heads_inner(block_d: int, group: int) -> bool:
     """Whether a dK/dV program walks (query block, head) pairs with its GQA group's heads innermost, rather than
-    head by head. Measured on an H200 (benchmarks/NOTES.md entry 8): +4-5% fwd+bwd at head size 64 and 4k
+    head by head. Measured on an H200 (benchmarks/NOTES.md entry 9): +4-5% fwd+bwd at head size 64 and 4k
     tokens, where Q and dO outgrow L2 and the group's rows sit side by side in a model's (B, S, H, D) layout;
     3-7% slower at head size 128, where the extra index arithmetic costs more than the reads save."""
     return group > 1 and block_d <= 64
+
 
 def dq_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, gqa: bool = False) -> LaunchConfig:
     if interpreting():

@@ -79,9 +79,10 @@ def accelerator_for(args):
 
 
 def fsdp_plugin_for(precision: str):
-    """Under an FSDP launch, the plugin accelerate would build, but with gradients reduced in fp32: accelerate's
-    default for bf16/fp16 reduces them in that dtype, which drifted the 2-GPU loss curves away from one GPU's
-    (benchmarks/results/h200x2). None when not launched with FSDP."""
+    """Under an FSDP launch, the plugin accelerate would build, but with gradients reduced in fp32 (accelerate's
+    default for bf16/fp16 reduces them in that dtype, rounding every summed gradient to it), as DDP does. The
+    2-GPU curves' drift from one GPU's comes mostly from FSDP's bf16 parameters, not from the reduction
+    (benchmarks/results/h200x2/fsdp_fp32_reduce). None when not launched with FSDP."""
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return None
     from accelerate import FullyShardedDataParallelPlugin

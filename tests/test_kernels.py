@@ -285,7 +285,6 @@ def test_gpu_offsets_past_2_31_elements():
     assert (out[last, :2].float() - ref).abs().max().item() < 2e-2
 
 
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_gpu_runs_on_the_inputs_gpu_not_the_current_one():
@@ -299,6 +298,7 @@ def test_gpu_runs_on_the_inputs_gpu_not_the_current_one():
     out = attention(q, k, v, causal=True)
     assert_within("decode out", out, attention_ref(q, k, v, keep), attention_ref(q, k, v, keep, dtype=q.dtype), q.dtype)
     assert torch.cuda.current_device() == 0
+
 
 DECODE_CASES = [
     # b, h, hk, sq, skv, d, options: few queries against a longer cache, as generate() sends them

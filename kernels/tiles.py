@@ -14,6 +14,7 @@ import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: Triton 3.6 reads no other globals in jit code
 
+
 @triton.jit
 def split_phases(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
     """Blocks in [start, mid_lo) and [mid_hi, hi) need the mask; [mid_lo, mid_hi) are whole and unmasked."""
@@ -145,7 +146,7 @@ def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
     """True where row q_idx may attend key k_idx; the caller shapes the indices (M, 1)/(1, N) or transposed.
 
     One select per condition: a single key range per row (a subtraction and an unsigned compare) has fewer
-    instructions but measured 2-7% slower on padded, window and softcap inputs (benchmarks/NOTES.md entry 8)."""
+    instructions but measured 2-7% slower on padded, window and softcap inputs (benchmarks/NOTES.md entry 9)."""
     diag = q_idx + (SKV - SQ)
     keep = (k_idx >= kv_lo) & (k_idx < kv_hi) & (q_idx < SQ)
     if CAUSAL:

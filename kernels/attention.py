@@ -93,6 +93,11 @@ def _key_range(mask: torch.Tensor):
 _LAST = {}  # kind -> (weak reference to a tensor, its version, the other arguments, the conversion of them)
 
 
+def _tracing(t: torch.Tensor) -> bool:
+    """Under torch.compile or CUDA graph capture: values cannot be read on the host."""
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _converted_once(kind: str, t: torch.Tensor, convert, *args):
     """convert(t, *args), kept while t lives unchanged (its version counts in-place writes) with the same args.
 
@@ -100,7 +105,7 @@ def _converted_once(kind: str, t: torch.Tensor, convert, *args):
     one per layer, a dozen small launches of host time each. Not kept for inference tensors (no version), under
     torch.compile (the graph has the conversion) or while a CUDA graph is captured (the same).
     """
-    if torch.compiler.is_compiling() or t.is_inference() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if _tracing(t) or t.is_inference():
         return convert(t, *args)
     ref, version, key, result = _LAST.get(kind, (lambda: None, -1, None, None))
     if ref() is t and t._version == version and key == args:
@@ -115,9 +120,15 @@ def _padding_pattern(mask: torch.Tensor):
     return _converted_once("padding", mask, lambda m: (*_key_range(m), m.to(torch.int8).contiguous()))
 
 
-def _documents(new_doc: torch.Tensor) -> torch.Tensor:
+def _documents(new_doc: torch.Tensor) -> Optional[torch.Tensor]:
     """(B, S) bool marking each document's first token -> (B, 2, S) int32: each token's document start, then the
-    end (one past its last token): the dK/dV pass reads the ends to know which rows see a whole key block."""
+    end (one past its last token): the dK/dV pass reads the ends to know which rows see a whole key block.
+
+    None when every row is one document: Transformers hands every model's arange positions to every attention
+    call, and plain causal attention skips the per-element document test (NOTES entry 10). Asking costs one
+    device sync per conversion, so not under torch.compile or while a CUDA graph is captured."""
+    if not _tracing(new_doc) and not new_doc[:, 1:].any():
+        return None
     seq = new_doc.shape[1]
     idx = torch.arange(seq, device=new_doc.device).expand_as(new_doc)
     start = torch.where(new_doc, idx, 0).cummax(1).values

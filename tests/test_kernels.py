@@ -111,6 +111,15 @@ def test_documents_from_position_ids_give_each_tokens_document_start_and_end():
     assert docs[:, 1].tolist() == [[3, 3, 3, 5, 5, 6], [6, 6, 6, 6, 6, 6]]
 
 
+def test_arange_positions_are_plain_causal_attention():
+    """Transformers hands every model's positions to attention: one document per row runs the plain causal
+    kernel (no per-element document test), with the same result bit for bit."""
+    assert documents_from_position_ids(torch.arange(3, 9)[None], 2, "cpu") is None
+    q, k, v = (torch.randn(2, 2, 40, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
+    positions = torch.arange(40, device=DEVICE)[None]
+    assert torch.equal(attention(q, k, v, causal=True, position_ids=positions), attention(q, k, v, causal=True))
+
+
 @pytest.mark.parametrize("heads_inner", [False, True], ids=["head_by_head", "heads_inner"])
 def test_dkdv_walks_a_gqa_group_either_way(heads_inner, monkeypatch):
     """The dK/dV pass walks its GQA group head by head or with the heads innermost (config.dkdv_heads_inner picks

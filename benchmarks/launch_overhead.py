@@ -4,7 +4,9 @@ For a decode step (q_len 1, GQA 32/8, d128, bf16) and a short prefill, compares
   - wall time per call with a synchronize after each (what a generate() loop sees),
   - do_bench's median (back-to-back calls: host-bound calls show their host time here),
   - a CUDA-graph replay of the same call (GPU time only),
-and profiles the host side with cProfile. Writes launch_overhead.json and launch_overhead_profile.txt.
+and profiles the host side with cProfile. Then the same for a training call (forward + backward, issue 7's
+per-GPU attention: batch 4, GQA 8/2, d128, 2k tokens). Writes launch_overhead.json, launch_overhead_profile.txt
+and launch_overhead_train_profile.txt.
 """
 import argparse
 import cProfile
@@ -14,6 +16,7 @@ import os
 import pstats
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +90,49 @@ def main():
                 prof.disable()
                 torch.cuda.synchronize()
                 pstats.Stats(prof, stream=profile_text).sort_stats("tottime").print_stats(30)
+    train_text = io.StringIO()
+    q = torch.randn(4, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(4, 2, 2048, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    grad = torch.randn_like(q)
+    train = {"triton_attention": lambda: attention(q, k, v, causal=True)}
+    for name, backend in (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+        def ref(backend=backend):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        train[name] = ref
+    for name, forward in train.items():
+        def step(forward=forward):
+            q.grad = k.grad = v.grad = None
+            forward().backward(grad)
+        try:
+            row = dict(case="train 2k b4", impl=name, wall_us=wall_us(step), host_us=host_us(step),
+                       do_bench_us=do_bench(step, warmup=10, rep=50, return_mode="median") * 1e3)
+        except RuntimeError as exc:
+            row = dict(case="train 2k b4", impl=name, error=str(exc)[:160])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if name == "triton_attention":
+            with torch.no_grad():
+                forward_only = dict(case="train 2k b4, forward without autograd", impl=name, host_us=host_us(forward))
+            rows.append(forward_only)
+            with warnings.catch_warnings(record=True) as caught:  # a host-device sync in the step would show here
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                step()
+                torch.cuda.set_sync_debug_mode("default")
+            rows.append(dict(case="train 2k b4: syncs in one step", impl=name,
+                             syncs=[str(w.message)[:200] for w in caught]))
+            print(json.dumps(rows[-2:]), flush=True)
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(200):
+                step()
+            prof.disable()
+            torch.cuda.synchronize()
+            pstats.Stats(prof, stream=train_text).sort_stats("tottime").print_stats(40)
+            pstats.Stats(prof, stream=train_text).sort_stats("cumulative").print_stats(40)
+    with open(os.path.join(a.out, "launch_overhead_train_profile.txt"), "w") as f:
+        f.write(train_text.getvalue())
     with open(os.path.join(a.out, "launch_overhead.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
     with open(os.path.join(a.out, "launch_overhead_profile.txt"), "w") as f:

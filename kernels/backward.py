@@ -1,11 +1,10 @@
-"""The backward pass, in three kernels and without atomics (so gradients are bitwise reproducible):
+"""The backward pass, in two kernels and without atomics (so gradients are bitwise reproducible):
 
-1. ``delta_kernel``: Delta = rowsum(dO * O) per query row.
+1. ``attention_bwd_dq_kernel``: one program per (query block, batch * query head), walking keys like the
+   forward pass. It first computes Delta = rowsum(dO * O) of its rows and stores it for the next kernel.
 2. ``attention_bwd_dkdv_kernel``: one program per (key block, batch * key/value head); it loops over the
    query heads of its GQA group and their query blocks, so dK and dV of a shared head are summed in
    registers, never by repeating K/V.
-3. ``attention_bwd_dq_kernel``: one program per (query block, batch * query head), walking keys like
-   the forward pass.
 
 Both recompute P = exp2(S - LSE) from the forward's log-sum-exp. With dropout, dS = P * (dP * Z - Delta)
 where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is further multiplied by
@@ -16,23 +15,6 @@ import triton.language as tl
 
 from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, mask_scores,
                     phase_bounds, query_bounds, split_phases, tile_mask)
-
-
-@triton.jit
-def delta_kernel(O, DO, Delta, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
-                 H, SQ, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    ld = (offs_m[:, None] < SQ) & (offs_d[None, :] < HEAD_DIM)
-    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
-                + offs_d[None, :], mask=ld, other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :], mask=ld, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(Delta + bh.to(tl.int64) * SQ + offs_m, delta, mask=offs_m < SQ)
 
 
 @triton.jit
@@ -202,10 +184,11 @@ def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk,
 
 @triton.jit
 def attention_bwd_dq_kernel(
-        Q, K, V, DO, DQ, Lse, Delta, KvLo, KvHi, Holes, KeyKeep, DocStart,
+        Q, K, V, DO, DQ, O, Lse, Delta, KvLo, KvHi, Holes, KeyKeep, DocStart,
         qk_scale, sm_scale, softcap, window, dropout_p, seed,
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-        stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm, stride_keep_b, stride_doc_b,
+        stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm, stride_ob, stride_oh, stride_om,
+        stride_keep_b, stride_doc_b,
         H, GROUP, SQ, SKV,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
@@ -224,8 +207,11 @@ def attention_bwd_dq_kernel(
                 + offs_d[None, :], mask=ld, other=0.0)
     do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
                  + offs_d[None, :], mask=ld, other=0.0)
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
+                + offs_d[None, :], mask=ld, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + bh.to(tl.int64) * SQ + offs_m, delta, mask=row_ok)  # for the dK/dV kernel, launched next
     lse = tl.load(Lse + bh.to(tl.int64) * SQ + offs_m, mask=row_ok, other=float("inf"))
-    delta = tl.load(Delta + bh.to(tl.int64) * SQ + offs_m, mask=row_ok, other=0.0)
     k_src, v_src = head_sources(K, V, b, hk, stride_kb, stride_kh, stride_vb, stride_vh, TMA)
     keep_base = KeyKeep + b.to(tl.int64) * stride_keep_b
     doc_rows = tl.zeros([BLOCK_M], tl.int32)

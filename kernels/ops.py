@@ -11,7 +11,7 @@ try:
 except ImportError:  # Triton before 3.4: pointer loads only
     TensorDescriptor = None
 
-from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, delta_kernel
+from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from .autotune import TUNER, bucket, enabled as autotune_enabled
 from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_splits, dkdv_config, dkdv_heads_inner,
                      dq_config, forward_config, head_block, interpreting)
@@ -209,13 +209,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     HK, SKV = k.shape[1], k.shape[2]
     block_d = head_block(D)
     fp32 = q.dtype == torch.float32
-    delta = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
-    rows = 64 if block_d <= 128 else 32
-    _announce("delta_kernel", BLOCK_M=rows)
-    delta_kernel[(cdiv(SQ, rows), B * H)](
-        out, do, delta, out.stride(0), out.stride(1), out.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        H, SQ, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=rows, **FUSED)
-
+    delta = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)  # written by the dQ kernel
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
     heads_inner = dkdv_heads_inner(block_d, H // HK)
@@ -235,18 +229,18 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     def launch_dq(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
         attention_bwd_dq_kernel[(cdiv(SQ, cfg.block_m), B * H)](
-            q, k_arg, v_arg, do, dq, lse, delta, *tensors, *scalars, *common,
-            dq.stride(0), dq.stride(1), dq.stride(2), s_keep, s_doc,
+            q, k_arg, v_arg, do, dq, out, lse, delta, *tensors, *scalars, *common,
+            dq.stride(0), dq.stride(1), dq.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
     tma, gqa = has_tma(q.device), H > HK
-    cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dkdv)
-    _announce("attention_bwd_dkdv_kernel", cfg, TMA=launch_dkdv(cfg))
     cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq)
     _announce("attention_bwd_dq_kernel", cfg, TMA=launch_dq(cfg))
+    cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dkdv)
+    _announce("attention_bwd_dkdv_kernel", cfg, TMA=launch_dkdv(cfg))
     return dq, dk, dv
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 7, for a machine with 2 GPUs (nvidia-h200-x2; carry .whl from benchmarks/fetch_wheels.sh): the embedded
 # model at about 100M parameters, seq 2048, packed rows, bf16, the same global batch (8) on one GPU, once more on
-# one GPU (`again`: the run-to-run spread of bf16 training, the yardstick for the gaps), on two with DDP and on
-# two with FSDP; then the comparison itself on two GPUs. NVLink multicast stays off (KINDS.md), also
+# one GPU (`again`: the run-to-run spread of bf16 training), on one GPU as 2 micro-batches of 4 (`accum`: DDP's
+# split of the batch without a second GPU, the yardstick for DDP's gaps), on two with DDP and on two with FSDP; then the comparison itself on two GPUs. NVLink multicast stays off (KINDS.md), also
 # in every launched process. MODEL, SEQ, STEPS, NAMES and CPU=1 (gloo, the CPU configs) allow a dry run here;
-# RUNS picks steps (default: one again ddp fsdp compare), ONE a committed one-GPU run to scale against.
+# RUNS picks steps (default: one again accum ddp fsdp compare), ONE a committed one-GPU run to scale against.
 OUT=${OUT:-benchmarks/results/local}
 R="$OUT/r"
 source benchmarks/device_setup.sh "$R"
@@ -24,11 +24,12 @@ NAMES=${NAMES:-sdpa,sdpa_efficient,sdpa_cudnn,triton_attention}
 # Each step packs what exists so far, so a call cut at its limit still brings back the finished steps; the
 # comparison gets whatever is left of the call's 10 minutes.
 pack() { rm -rf "$R"/*/*/checkpoints "$R"/*/*/model; (cd "$R" && tar czf ../results.tgz .); }
-RUNS=" ${RUNS:-one again ddp fsdp compare} "
+RUNS=" ${RUNS:-one again accum ddp fsdp compare} "
 ONE=${ONE:-$R/one}
-for run in one again; do
+declare -A SPLIT=([one]="--batch-size 8" [again]="--batch-size 8" [accum]="--batch-size 4 --grad-accum 2")
+for run in one again accum; do
   [[ $RUNS == *" $run "* ]] && { timeout ${STEP_TIMEOUT:-140} python3 recipes/finetune.py "${COMMON[@]}" --attn "$NAMES" \
-    --batch-size 8 --output-dir "$R/$run" > "$R/${run}_log.txt" 2>&1; echo "$run (one GPU) rc=$? at ${SECONDS}s"; pack; }
+    ${SPLIT[$run]} --output-dir "$R/$run" > "$R/${run}_log.txt" 2>&1; echo "$run (one GPU) rc=$? at ${SECONDS}s"; pack; }
 done
 [[ $RUNS == *" ddp "* ]] && { timeout ${STEP_TIMEOUT:-140} accelerate launch --config_file "$DDP" --num_processes 2 \
   recipes/finetune.py "${COMMON[@]}" --attn "$NAMES" --batch-size 4 --output-dir "$R/ddp" > "$R/ddp_log.txt" 2>&1
@@ -36,7 +37,7 @@ done
 [[ $RUNS == *" fsdp "* ]] && { timeout ${STEP_TIMEOUT:-140} accelerate launch --config_file "$FSDP" --num_processes 2 \
   recipes/finetune.py "${COMMON[@]}" --attn "$NAMES" --batch-size 4 --output-dir "$R/fsdp" > "$R/fsdp_log.txt" 2>&1
   echo "fsdp rc=$? at ${SECONDS}s"; }
-python3 benchmarks/scaling.py one="$ONE" $(for r in again ddp fsdp; do [ -d "$R/$r" ] && echo "$r=$R/$r"; done) --out "$R" \
+python3 benchmarks/scaling.py one="$ONE" $(for r in again accum ddp fsdp; do [ -d "$R/$r" ] && echo "$r=$R/$r"; done) --out "$R" \
   > "$R/scaling_log.txt" 2>&1; pack
 [[ $RUNS == *" compare "* ]] && { timeout $(( ${CALL_LIMIT:-580} - SECONDS )) accelerate launch --config_file "$DDP" \
   --num_processes 2 recipes/compare.py "${COMMON[@]}" --batch-size 4 --output-dir "$R/compare_2gpu" \

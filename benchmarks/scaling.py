@@ -4,7 +4,8 @@ scaling efficiency (tokens/s / (processes x the first run's tokens/s per process
 
     python benchmarks/scaling.py one=runs/one ddp=runs/ddp fsdp=runs/fsdp --out runs/scaling
 
-Writes scaling.json and scaling.md under --out and prints the table.
+Writes scaling.json, scaling.md and scaling.png (per implementation, each run's loss minus the first run's, step
+by step) under --out and prints the table.
 """
 import argparse
 import json
@@ -53,6 +54,30 @@ def markdown(rows: list, base: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(folders: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = {label: load(Path(folder)) for label, folder in folders.items()}
+    labels, base = list(runs), next(iter(runs))
+    names = sorted(set.intersection(*(set(r) for r in runs.values())))
+    cols = min(3, len(names))
+    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4.5 * cols, 3.2 * -(-len(names) // cols)),
+                             squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        ref = runs[base][name][1]
+        for label in labels[1:]:
+            losses = runs[label][name][1]
+            ax.plot(range(1, len(losses) + 1), [a - b for a, b in zip(losses, ref)], label=label, linewidth=1)
+        ax.set(title=name, xlabel="step", ylabel=f"loss minus {base}'s")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="LABEL=FOLDER, the first is the reference")
@@ -68,6 +93,7 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         (out / "scaling.json").write_text(json.dumps(rows, indent=1))
         (out / "scaling.md").write_text(table)
+        plot(folders, out)
     print(table)
 
 

@@ -102,7 +102,9 @@ def test_distributed_and_accumulation_follow_the_one_process_curve(tmp_path):
     # The multi-GPU report reads the same folders (benchmarks/scaling.py).
     sys.path.insert(0, str(RECIPES.parent / "benchmarks"))
     import scaling
-    rows = scaling.compare({k: tmp_path / k for k in ("one", "ddp", "acc")})
+    scaling.main([f"{k}={tmp_path / k}" for k in ("one", "ddp", "acc")] + ["--out", str(tmp_path / "scaling")])
+    assert (tmp_path / "scaling" / "scaling.png").stat().st_size > 0
+    rows = json.loads((tmp_path / "scaling" / "scaling.json").read_text())
     assert [(r["run"], r["processes"]) for r in rows] == [("one", 1), ("ddp", 2), ("acc", 1)]
     assert all(r["largest_loss_gap"] < 1e-4 and r["tokens_per_s"] > 0 for r in rows)
 

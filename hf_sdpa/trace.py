@@ -238,8 +238,8 @@ class Trace:
         if self._current is not None:
             self._current.launches.append(text)
         else:
-            self.calls.append(Call("(called directly)", "backward" if "bwd" in kernel or "delta" in kernel
-                                   else "forward", launches=[text]))
+            self.calls.append(Call("(called directly)", "backward" if "bwd" in kernel else "forward",
+                                   launches=[text]))
 
     # Entering and leaving ----------------------------------------------------------------------------------
     def __enter__(self):

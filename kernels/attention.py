@@ -120,14 +120,15 @@ def _padding_pattern(mask: torch.Tensor):
     return _converted_once("padding", mask, lambda m: (*_key_range(m), m.to(torch.int8).contiguous()))
 
 
-def _documents(new_doc: torch.Tensor) -> Optional[torch.Tensor]:
+def _documents(new_doc: torch.Tensor, training: bool) -> Optional[torch.Tensor]:
     """(B, S) bool marking each document's first token -> (B, 2, S) int32: each token's document start, then the
     end (one past its last token): the dK/dV pass reads the ends to know which rows see a whole key block.
 
-    None when every row is one document: Transformers hands every model's arange positions to every attention
-    call, and plain causal attention skips the per-element document test (NOTES entry 10). Asking costs one
-    device sync per conversion, so not under torch.compile or while a CUDA graph is captured."""
-    if not _tracing(new_doc) and not new_doc[:, 1:].any():
+    None in training when every row is one document: Transformers hands every model's arange positions to every
+    attention call, and the backward pays for the per-element document test, the forward does not (NOTES entry
+    10). Asking costs a device sync, so only where a backward follows (gradients enabled), and not under
+    torch.compile or while a CUDA graph is captured."""
+    if training and not _tracing(new_doc) and not new_doc[:, 1:].any():
         return None
     seq = new_doc.shape[1]
     idx = torch.arange(seq, device=new_doc.device).expand_as(new_doc)
@@ -137,22 +138,23 @@ def _documents(new_doc: torch.Tensor) -> Optional[torch.Tensor]:
     return torch.stack([start, end], 1).to(torch.int32).contiguous()
 
 
-def documents_from_position_ids(position_ids: torch.Tensor, batch: int, device) -> torch.Tensor:
+def documents_from_position_ids(position_ids: torch.Tensor, batch: int, device) -> Optional[torch.Tensor]:
     """A document starts wherever the position does not follow the previous one (Transformers' packing rule)."""
-    def convert(position_ids, batch, device):
+    def convert(position_ids, batch, device, training):
         pos = position_ids.to(device).expand(batch, -1)
         step = torch.ones_like(pos[:, :1], dtype=torch.bool)
-        return _documents(torch.cat([step, (pos[:, 1:] - pos[:, :-1]) != 1], 1))
-    return _converted_once("position_ids", position_ids, convert, batch, torch.device(device))
+        return _documents(torch.cat([step, (pos[:, 1:] - pos[:, :-1]) != 1], 1), training)
+    return _converted_once("position_ids", position_ids, convert, batch, torch.device(device),
+                           torch.is_grad_enabled())
 
 
-def documents_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device) -> torch.Tensor:
+def documents_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device) -> Optional[torch.Tensor]:
     cu_seqlens = cu_seqlens.to(device)
     new_doc = torch.zeros(1, total, dtype=torch.bool, device=cu_seqlens.device)
     starts = cu_seqlens[:-1].long()
     new_doc[0, starts[starts < total]] = True
     new_doc[0, 0] = True
-    return _documents(new_doc)
+    return _documents(new_doc, torch.is_grad_enabled())
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,

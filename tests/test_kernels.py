@@ -112,9 +112,12 @@ def test_documents_from_position_ids_give_each_tokens_document_start_and_end():
 
 
 def test_arange_positions_are_plain_causal_attention():
-    """Transformers hands every model's positions to attention: one document per row runs the plain causal
-    kernel (no per-element document test), with the same result bit for bit."""
+    """Transformers hands every model's positions to attention: in training, one document per row runs the
+    plain causal kernel (no per-element document test), with the same result bit for bit; without gradients
+    the documents stay (the forward does not pay for them, and reading the positions would cost a sync)."""
     assert documents_from_position_ids(torch.arange(3, 9)[None], 2, "cpu") is None
+    with torch.no_grad():
+        assert documents_from_position_ids(torch.arange(3, 9)[None], 2, "cpu")[:, 1].eq(6).all()
     q, k, v = (torch.randn(2, 2, 40, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
     positions = torch.arange(40, device=DEVICE)[None]
     assert torch.equal(attention(q, k, v, causal=True, position_ids=positions), attention(q, k, v, causal=True))

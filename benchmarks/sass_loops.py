@@ -34,8 +34,10 @@ DEFAULT_FLAGS = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=T
                      TMA=True, HEADS_INNER=False)
 
 
-def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **flags):
-    """One kernel compiled for sm90 (bf16, the streamed operands as descriptors when TMA), without a device."""
+def compile_for_gpu(name: str, num_warps: int = 4, num_stages: int = 3, capability: int = 90, dtype: str = "bf16",
+                    **flags):
+    """One kernel compiled for an NVIDIA GPU of this compute capability (sm90: Hopper; 80: A100; 86: A10, L4's 89
+    alike), its tensors of this element type (the streamed operands as descriptors with TMA), without a device."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -48,14 +50,16 @@ def compile_for_hopper(name: str, num_warps: int = 4, num_stages: int = 3, **fla
         if p.is_constexpr:
             signature[p.name] = "constexpr"
         elif p.name in streamed and flags["TMA"]:
-            signature[p.name] = f"tensordesc<bf16[1,1,{flags[rows]},{flags['BLOCK_D']}]>"
+            signature[p.name] = f"tensordesc<{dtype}[1,1,{flags[rows]},{flags['BLOCK_D']}]>"
         else:
-            signature[p.name] = POINTERS.get(p.name) or ("fp32" if p.name in FLOATS else "i32")
+            pointer = POINTERS.get(p.name)
+            signature[p.name] = (pointer.replace("bf16", dtype) if pointer else
+                                 "fp32" if p.name in FLOATS else "i32")
             if p.name in POINTERS or p.name.startswith("stride_") or p.name in ALIGNED_INTS:
                 attrs[(i,)] = [["tt.divisibility", 16]]  # what a launch tells Triton about aligned tensors
     source = ASTSource(kernel, signature, constexprs={p.name: flags[p.name] for p in kernel.params if p.is_constexpr},
                        attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=True))
 
 
@@ -103,7 +107,7 @@ def main():
     parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
-    compiled = compile_for_hopper(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
+    compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                   BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                                   CAUSAL=not args.full, TMA=not args.no_tma)
     report = loop_report(compiled)

@@ -6,7 +6,8 @@ HF_SDPA_AUTOTUNE=1 lets autotune.py search CANDIDATES instead, once per machine.
 the smallest blocks keep tests fast.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,24 @@ def cdiv(a: int, b: int) -> int:
 def head_block(head_dim: int) -> int:
     """The head size padded (inside the kernel, with masked loads) to a power of two of at least 16."""
     return max(16, 1 << (head_dim - 1).bit_length())
+
+
+def smaller(cfg: LaunchConfig, keep_block_m: bool = False) -> Optional[LaunchConfig]:
+    """The next configuration to try where cfg needs more shared memory than the GPU has (the table was tuned on
+    Hopper's 227 KB; an A100 has 163 KB, an A10, L4 or consumer GPU 99 KB): a shallower pipeline down to 2
+    stages, then half the larger block (and half the warps above 4), then 1 stage. None when nothing is left.
+    keep_block_m: the decode kernel's block_m holds all its query rows."""
+    if cfg.num_stages > 2:
+        return replace(cfg, num_stages=cfg.num_stages - 1)
+    halve_m = cfg.block_m >= cfg.block_n and not keep_block_m
+    if (cfg.block_m if halve_m else cfg.block_n) > 16:
+        warps = cfg.num_warps // 2 if cfg.num_warps > 4 else cfg.num_warps
+        if halve_m:
+            return replace(cfg, block_m=cfg.block_m // 2, num_warps=warps)
+        return replace(cfg, block_n=cfg.block_n // 2, num_warps=warps)
+    if cfg.num_stages > 1:
+        return replace(cfg, num_stages=1)
+    return None
 
 
 SHORT_KV = 1024  # at most this many keys: small tiles, since a short inner loop cannot amortise big ones

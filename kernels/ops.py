@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from triton.runtime.errors import OutOfResources
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -14,7 +15,7 @@ except ImportError:  # Triton before 3.4: pointer loads only
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from .autotune import TUNER, bucket, enabled as autotune_enabled
 from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_splits, dkdv_config, dkdv_heads_inner,
-                     dq_config, forward_config, head_block, interpreting)
+                     dq_config, forward_config, head_block, interpreting, smaller)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
@@ -131,6 +132,30 @@ def _choose(pass_name, default, q, k, flags, launch):
                         launch, q.device)
 
 
+# (kernel, device, dtype, head size, flags, the table's configuration) -> the smaller configuration that this GPU's
+# shared memory holds, where the table's did not fit (found once per case by _fitting)
+_FITTED = {}
+
+
+def _fitting(kernel: str, cfg: LaunchConfig, launch, q, flags: dict, keep_block_m: bool = False):
+    """launch(cfg), or where the GPU has too little shared memory for cfg (Triton refuses to load the kernel before
+    anything runs), launch with the next smaller configuration (config.smaller) until one fits; the one that fits
+    is kept for the case, so later calls go straight to it. Returns the configuration that ran and launch's result."""
+    key = None
+    if _FITTED:
+        key = (kernel, q.device, q.dtype, q.shape[3], tuple(flags.items()), cfg)
+        cfg = _FITTED.get(key, cfg)
+    while True:
+        try:
+            return cfg, launch(cfg)
+        except OutOfResources:
+            fallback = smaller(cfg, keep_block_m)
+            if fallback is None:
+                raise
+            key = key or (kernel, q.device, q.dtype, q.shape[3], tuple(flags.items()), cfg)
+            _FITTED[key] = cfg = fallback
+
+
 def _on_tensor_device(run):
     """Runs `run` with the first tensor's GPU current: Triton launches on the current device, so a model split
     over GPUs (device_map="auto") would otherwise launch cuda:1's layers on cuda:0."""
@@ -166,7 +191,8 @@ def run_forward(q, k, v, p: Pattern):
 
     cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV, has_tma(q.device)), q, k, flags,
                   launch)
-    _announce("attention_fwd_kernel", cfg, TMA=launch(cfg))
+    cfg, tma = _fitting("forward", cfg, launch, q, flags)
+    _announce("attention_fwd_kernel", cfg, TMA=tma)
     return out, lse
 
 
@@ -180,25 +206,30 @@ def run_decode(q, k, v, p: Pattern):
     HK, SKV = k.shape[1], k.shape[2]
     group = H // HK
     block_d = head_block(D)
-    cfg = decode_config(block_d, q.dtype == torch.float32, group * SQ)
     sms = 16 if interpreting() else _multiprocessors(q.device)
-    splits = decode_splits(B * HK, SKV, cfg.block_n, sms)
-    chunk = cdiv(cdiv(SKV, splits), cfg.block_n) * cfg.block_n
-    splits = cdiv(SKV, chunk)
-    o_part = torch.empty(B * HK, splits, cfg.block_m, block_d, dtype=torch.float32, device=q.device)
-    lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
-    arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
         _pattern_args(p, q)
-    k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-    attention_decode_kernel[(splits, B * HK)](
-        q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale, softcap,
-        window, chunk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, HK, group, SQ, SKV,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
+
+    def launch(cfg):
+        splits = decode_splits(B * HK, SKV, cfg.block_n, sms)
+        chunk = cdiv(cdiv(SKV, splits), cfg.block_n) * cfg.block_n
+        splits = cdiv(SKV, chunk)
+        o_part = torch.empty(B * HK, splits, cfg.block_m, block_d, dtype=torch.float32, device=q.device)
+        lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
+        arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
+        k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
+        attention_decode_kernel[(splits, B * HK)](
+            q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale,
+            softcap, window, chunk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, HK, group,
+            SQ, SKV, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
+        return splits, tma
+
+    cfg, (splits, tma) = _fitting("decode", decode_config(block_d, q.dtype == torch.float32, group * SQ), launch, q,
+                                  flags, keep_block_m=True)
     _announce("attention_decode_kernel", cfg, splits=splits, TMA=tma)
     return out
 
@@ -237,10 +268,12 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
         return tma
 
     tma, gqa = has_tma(q.device), H > HK
-    cfg = _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq)
-    _announce("attention_bwd_dq_kernel", cfg, TMA=launch_dq(cfg))
-    cfg = _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dkdv)
-    _announce("attention_bwd_dkdv_kernel", cfg, TMA=launch_dkdv(cfg))
+    cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq),
+                             launch_dq, q, flags)
+    _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)
+    cfg, used_tma = _fitting("dkdv", _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags,
+                                             launch_dkdv), launch_dkdv, q, flags)
+    _announce("attention_bwd_dkdv_kernel", cfg, TMA=used_tma)
     return dq, dk, dv
 
 

@@ -20,10 +20,10 @@ def hopper_ptx(name: str) -> str:
     """PTX of one kernel for sm90: the streamed operands as (1, 1, 64, 128) descriptors, every mask feature that
     changes the code (causal, padding, window) and the hardware tanh."""
     sys.path.insert(0, BENCHMARKS)
-    from sass_loops import compile_for_hopper
+    from sass_loops import compile_for_gpu
 
     from hf_sdpa.kernels.tiles import SOFTCAP_HW_TANH
-    return compile_for_hopper(name, HAS_PADDING=True, HAS_WINDOW=True, SOFTCAP=SOFTCAP_HW_TANH.value).asm["ptx"]
+    return compile_for_gpu(name, HAS_PADDING=True, HAS_WINDOW=True, SOFTCAP=SOFTCAP_HW_TANH.value).asm["ptx"]
 
 
 @pytest.mark.parametrize("name", KERNELS)

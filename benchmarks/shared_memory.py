@@ -1,8 +1,9 @@
 """Shared memory of every launch configuration the table gives, on GPUs older than the Hopper it was tuned on, and
 the configuration the launcher falls back to where it does not fit (kernels/ops.py `_fitting`, config.smaller).
 
-Compiled for sm80 on a machine without a GPU (Triton ships ptxas); sm86 and sm89 build the same tiles. Limits per
-thread block: an A100 (sm80) 163 KB, an A10, A40, L4 or consumer GPU (sm86, sm89) 99 KB; Hopper has 227 KB.
+Compiled on a machine without a GPU (Triton ships ptxas) for sm80 (sm86 and sm89 build the same tiles) and sm75.
+Limits per thread block: an A100 (sm80) 163 KB, an A10, A40, L4 or consumer GPU (sm86, sm89) 99 KB, a T4 (sm75,
+no asynchronous copies, so its pipelines take more) 64 KB; Hopper has 227 KB.
 
     python benchmarks/shared_memory.py [--json]     # Markdown table, or JSON rows (tests/test_older_gpus.py)
 """
@@ -13,7 +14,8 @@ from sass_loops import compile_for_gpu
 
 from hf_sdpa.kernels import config
 
-LIMITS = {"A100": 166912, "A10/L4": 101376}  # bytes of shared memory a thread block may use (opt-in maximum)
+# GPU class -> (the compute capability compiled for, the bytes of shared memory a thread block may use)
+LIMITS = {"A100": (80, 166912), "A10/L4": (80, 101376), "T4": (75, 65536)}
 HEAD_SIZES = (64, 128, 256)
 
 
@@ -32,20 +34,20 @@ def table_cases():
     return sorted(seen, key=lambda c: (c[0], c[1], c[2], str(c[3])))
 
 
-def shared_bytes(kernel: str, d: int, dtype: str, cfg: config.LaunchConfig, cache={}) -> int:
-    key = (kernel, d, dtype, cfg)
+def shared_bytes(kernel: str, d: int, dtype: str, cfg: config.LaunchConfig, capability: int, cache={}) -> int:
+    key = (kernel, d, dtype, cfg, capability)
     if key not in cache:
-        compiled = compile_for_gpu(kernel, cfg.num_warps, cfg.num_stages, capability=80, dtype=dtype, HEAD_DIM=d,
-                                   BLOCK_D=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=False,
+        compiled = compile_for_gpu(kernel, cfg.num_warps, cfg.num_stages, capability=capability, dtype=dtype,
+                                   HEAD_DIM=d, BLOCK_D=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TMA=False,
                                    DOT_PRECISION="tf32")
         cache[key] = compiled.metadata.shared
     return cache[key]
 
 
-def fit(kernel: str, d: int, dtype: str, cfg: config.LaunchConfig, limit: int):
+def fit(kernel: str, d: int, dtype: str, cfg: config.LaunchConfig, capability: int, limit: int):
     """The configuration the launcher ends with under this limit and its shared memory (None: nothing fits)."""
     while cfg is not None:
-        used = shared_bytes(kernel, d, dtype, cfg)
+        used = shared_bytes(kernel, d, dtype, cfg, capability)
         if used <= limit:
             return cfg, used
         cfg = config.smaller(cfg, keep_block_m=kernel == "decode")
@@ -56,9 +58,9 @@ def rows():
     out = []
     for kernel, d, dtype, cfg in table_cases():
         row = dict(kernel=kernel, head_size=d, dtype=dtype, table=cfg.__dict__,
-                   shared=shared_bytes(kernel, d, dtype, cfg))
-        for gpu, limit in LIMITS.items():
-            runs, used = fit(kernel, d, dtype, cfg, limit)
+                   shared=shared_bytes(kernel, d, dtype, cfg, capability=80))
+        for gpu, (capability, limit) in LIMITS.items():
+            runs, used = fit(kernel, d, dtype, cfg, capability, limit)
             row[gpu] = None if runs is None else dict(config=runs.__dict__, shared=used, same=runs == cfg)
         out.append(row)
     return out
@@ -69,7 +71,7 @@ def markdown(rows_: list) -> str:
         stages = c["num_stages"]
         return f"{c['block_m']}x{c['block_n']}, {c['num_warps']} warps, {stages} stage{'s' if stages > 1 else ''}"
     lines = ["| kernel | head size | dtype | table's configuration | shared KB (sm80) | "
-             + " | ".join(f"{gpu} ({limit // 1024} KB)" for gpu, limit in LIMITS.items()) + " |",
+             + " | ".join(f"{gpu} ({limit // 1024} KB)" for gpu, (_, limit) in LIMITS.items()) + " |",
              "|---" * (5 + len(LIMITS)) + "|"]
     for r in rows_:
         cells = []

@@ -12,6 +12,7 @@ try:
 except ImportError:  # Triton before 3.4: pointer loads only
     TensorDescriptor = None
 
+from ..errors import AttentionRefused
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from .autotune import TUNER, bucket, enabled as autotune_enabled
 from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_splits, dkdv_config, dkdv_heads_inner,
@@ -140,7 +141,8 @@ _FITTED = {}
 def _fitting(kernel: str, cfg: LaunchConfig, launch, q, flags: dict, keep_block_m: bool = False):
     """launch(cfg), or where the GPU has too little shared memory for cfg (Triton refuses to load the kernel before
     anything runs), launch with the next smaller configuration (config.smaller) until one fits; the one that fits
-    is kept for the case, so later calls go straight to it. Returns the configuration that ran and launch's result."""
+    is kept for the case, so later calls go straight to it. Returns the configuration that ran and launch's result.
+    Where even the smallest does not fit (fp32 at head size 256 on a T4's 64 KB), the input is refused."""
     key = None
     if _FITTED:
         key = (kernel, q.device, q.dtype, q.shape[3], tuple(flags.items()), cfg)
@@ -148,10 +150,14 @@ def _fitting(kernel: str, cfg: LaunchConfig, launch, q, flags: dict, keep_block_
     while True:
         try:
             return cfg, launch(cfg)
-        except OutOfResources:
+        except OutOfResources as exc:
             fallback = smaller(cfg, keep_block_m)
             if fallback is None:
-                raise
+                raise AttentionRefused(
+                    f"triton_attention: this GPU's {exc.name} (at most {exc.limit} per thread block, "
+                    f"{exc.required} asked) cannot hold the {kernel} pass's smallest tiles for head size "
+                    f"{q.shape[3]} in {q.dtype}. Use sdpa_efficient "
+                    "or sdpa_math for this input, or fp16/bf16, whose tiles are half the size.") from exc
             key = key or (kernel, q.device, q.dtype, q.shape[3], tuple(flags.items()), cfg)
             _FITTED[key] = cfg = fallback
 

@@ -55,6 +55,18 @@ def host_us(fn, reps=200):
     return total / reps * 1e6
 
 
+def calls(q, k, v, is_causal: bool) -> dict:
+    """name -> a call of that implementation on q, k, v (ours aligns causal attention to the last key, so one
+    query is causal either way)."""
+    fns = {"triton_attention": lambda: attention(q, k, v, causal=True)}
+    for name, backend in (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+        def ref(backend=backend):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True)
+        fns[name] = ref
+    return fns
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="benchmarks/results/local")
@@ -67,12 +79,7 @@ def main():
                                   ("prefill 512", 1, 512, 512)):
             q = torch.randn(b, 32, sq, 128, device="cuda", dtype=torch.bfloat16)
             k, v = (torch.randn(b, 8, skv, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-            fns = {"triton_attention": lambda: attention(q, k, v, causal=True)}
-            for name, backend in (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
-                def ref(backend=backend):
-                    with sdpa_kernel([backend]):
-                        return F.scaled_dot_product_attention(q, k, v, is_causal=sq > 1, enable_gqa=True)
-                fns[name] = ref
+            fns = calls(q, k, v, is_causal=sq > 1)
             for name, fn in fns.items():
                 row = dict(case=label, impl=name, wall_us=wall_us(fn), host_us=host_us(fn),
                            do_bench_us=do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3)
@@ -94,12 +101,7 @@ def main():
     q = torch.randn(4, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.randn(4, 2, 2048, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
     grad = torch.randn_like(q)
-    train = {"triton_attention": lambda: attention(q, k, v, causal=True)}
-    for name, backend in (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
-        def ref(backend=backend):
-            with sdpa_kernel([backend]):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        train[name] = ref
+    train = calls(q, k, v, is_causal=True)
     for name, forward in train.items():
         def step(forward=forward):
             q.grad = k.grad = v.grad = None

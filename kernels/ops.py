@@ -138,15 +138,18 @@ def _choose(pass_name, default, q, k, flags, launch):
 _FITTED = {}
 
 
+def _case(kernel: str, q, flags: dict, cfg: LaunchConfig) -> tuple:
+    return kernel, q.device, q.dtype, q.shape[3], tuple(flags.items()), cfg
+
+
 def _fitting(kernel: str, cfg: LaunchConfig, launch, q, flags: dict, keep_block_m: bool = False):
     """launch(cfg), or where the GPU has too little shared memory for cfg (Triton refuses to load the kernel before
     anything runs), launch with the next smaller configuration (config.smaller) until one fits; the one that fits
     is kept for the case, so later calls go straight to it. Returns the configuration that ran and launch's result.
     Where even the smallest does not fit (fp32 at head size 256 on a T4's 64 KB), the input is refused."""
-    key = None
-    if _FITTED:
-        key = (kernel, q.device, q.dtype, q.shape[3], tuple(flags.items()), cfg)
-        cfg = _FITTED.get(key, cfg)
+    table = cfg
+    if _FITTED:  # the common case (the table fits) builds no key
+        cfg = _FITTED.get(_case(kernel, q, flags, table), cfg)
     while True:
         try:
             return cfg, launch(cfg)
@@ -158,8 +161,7 @@ def _fitting(kernel: str, cfg: LaunchConfig, launch, q, flags: dict, keep_block_
                     f"{exc.required} asked) cannot hold the {kernel} pass's smallest tiles for head size "
                     f"{q.shape[3]} in {q.dtype}. Use sdpa_efficient "
                     "or sdpa_math for this input, or fp16/bf16, whose tiles are half the size.") from exc
-            key = key or (kernel, q.device, q.dtype, q.shape[3], tuple(flags.items()), cfg)
-            _FITTED[key] = cfg = fallback
+            _FITTED[_case(kernel, q, flags, table)] = cfg = fallback
 
 
 def _on_tensor_device(run):

@@ -211,7 +211,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         _refuse(f"split_kv=True needs {lacks}.", "Leave split_kv=None to choose automatically.")
     if split_kv or (split_kv is None and not lacks and SKV >= DECODE_MIN_KEYS):
         return decode(q, k, v, pattern)
-    return TritonAttention.apply(q, k, v, *pattern.args())
+    return TritonAttention.apply(q, k, v, *pattern)
 
 
 def _decode_lacks(q, k, v, dropout_p, documents) -> Optional[str]:

@@ -18,7 +18,7 @@ def _out_like(q: Tensor) -> Tensor:
     return q.new_empty(B, SQ, H, D).transpose(1, 2)
 
 
-# The attention pattern (Pattern.args()), as the ops' schemas spell it.
+# The attention pattern (the fields of ops.Pattern), as the ops' schemas spell it.
 _PATTERN = ("Tensor? kv_lo, Tensor? kv_hi, Tensor? key_keep, Tensor? holes, Tensor? documents, bool causal, "
             "int? window, float? softcap, float scale, float dropout_p, int seed")
 
@@ -60,12 +60,12 @@ def _(q, k, v, *pattern):
 def decode(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern) -> Tensor:
     """The split-KV decode pass (no gradient)."""
     if torch.compiler.is_compiling():
-        return _decode_op(q, k, v, *pattern.args())
+        return _decode_op(q, k, v, *pattern)
     return run_decode(q, k, v, pattern)
 
 
 class TritonAttention(torch.autograd.Function):
-    """Forward and backward passes; the pattern comes flat (Pattern.args()) so that Dynamo can trace the call."""
+    """Forward and backward passes; the pattern comes flat (*Pattern) so that Dynamo can trace the call."""
 
     @staticmethod
     def forward(ctx, q, k, v, *pattern):

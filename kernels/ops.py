@@ -1,16 +1,10 @@
 """Launchers for the Triton kernels: arguments, launch configuration, scratch buffers (library.py wraps them for
 autograd and torch.compile)."""
 import functools
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from triton.runtime.errors import OutOfResources
-
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # Triton before 3.4: pointer loads only
-    TensorDescriptor = None
 
 from ..errors import AttentionRefused
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
@@ -19,12 +13,16 @@ from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_split
                      dq_config, forward_config, head_block, interpreting, smaller)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
+from .launch import Launcher, TensorDescriptor, unchecked_descriptor
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 
 # Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
 # asked for by name, since Triton 3.9 warns that its default turns to unfused in 3.10.
 FUSED = dict(enable_fp_fusion=True)
+
+FORWARD, DECODE, DQ, DKDV = map(Launcher, (attention_fwd_kernel, attention_decode_kernel, attention_bwd_dq_kernel,
+                                         attention_bwd_dkdv_kernel))
 
 # Called as hook(kernel_name, info) for each launch (blocks, warps, stages, TMA); hf_sdpa.trace and the doctor
 # add one to see which kernel ran and how.
@@ -40,9 +38,9 @@ def _announce(kernel: str, cfg=None, **info):
         hook(kernel, info)
 
 
-@dataclass(frozen=True)
-class Pattern:
+class Pattern(NamedTuple):
     """Which (row, key) pairs attend, as small per-batch tensors on the inputs' device, and the score transform.
+    A tuple, so that torch.library ops and autograd take it flat (*pattern) and Pattern(*flat) rebuilds it.
 
     kv_lo/kv_hi (B,) int32: the keys [lo, hi) a padding mask leaves (None without a mask: all keys);
     key_keep (B, SKV) int8 and holes (B,) int8: the padding mask itself, for masks with gaps;
@@ -60,11 +58,6 @@ class Pattern:
     scale: float
     dropout_p: float
     seed: int
-
-    def args(self) -> tuple:
-        """The fields in order, flat (Pattern(*p.args()) rebuilds p), for torch.library ops, which take no dataclass."""
-        return (self.kv_lo, self.kv_hi, self.key_keep, self.holes, self.documents, self.causal, self.window,
-                self.softcap, self.scale, self.dropout_p, self.seed)
 
 
 def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
@@ -102,13 +95,18 @@ def _multiprocessors(device: torch.device) -> int:
 def _descriptor(t: torch.Tensor, rows: int, block_d: int):
     """A descriptor over t (B, heads, seq, D) reading (rows, block_d) tiles, or None where TMA cannot address t
     (it needs a 16-byte aligned base and strides)."""
-    strides = list(t.stride())
-    for i in (2, 1, 0):  # a dimension of size 1 may carry any stride: give it the packed one
-        if t.shape[i] == 1:
-            strides[i] = t.shape[i + 1] * strides[i + 1]
-    if t.data_ptr() % 16 or strides[3] != 1 or any(s <= 0 or s * t.element_size() % 16 for s in strides[:3]):
+    B, H, S, D = t.shape
+    sb, sh, ss, sd = t.stride()
+    if S == 1:  # a dimension of size 1 may carry any stride: give it the packed one
+        ss = D * sd
+    if H == 1:
+        sh = S * ss
+    if B == 1:
+        sb = H * sh
+    align = 16 // t.element_size()  # elements per 16 bytes
+    if sd != 1 or t.data_ptr() % 16 or min(sb, sh, ss) <= 0 or sb % align or sh % align or ss % align:
         return None
-    return TensorDescriptor(t, list(t.shape), strides, [1, 1, rows, block_d])
+    return unchecked_descriptor(t, [B, H, S, D], [sb, sh, ss, sd], [1, 1, rows, block_d])
 
 
 def _streamed(a: torch.Tensor, b: torch.Tensor, cfg: LaunchConfig, rows: int, block_d: int):
@@ -188,7 +186,7 @@ def run_forward(q, k, v, p: Pattern):
 
     def launch(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        attention_fwd_kernel[(cdiv(SQ, cfg.block_m), B * H)](
+        FORWARD((cdiv(SQ, cfg.block_m), B * H, 1),
             q, k_arg, v_arg, out, lse, *tensors, *scalars,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
@@ -227,7 +225,7 @@ def run_decode(q, k, v, p: Pattern):
         lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
         arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        attention_decode_kernel[(splits, B * HK)](
+        DECODE((splits, B * HK, 1),
             q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale,
             softcap, window, chunk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, HK, group,
@@ -257,7 +255,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
 
     def launch_dkdv(cfg):
         q_arg, do_arg, tma = _streamed(q, do, cfg, cfg.block_m, block_d)
-        attention_bwd_dkdv_kernel[(cdiv(SKV, cfg.block_n), B * HK)](
+        DKDV((cdiv(SKV, cfg.block_n), B * HK, 1),
             q_arg, k, v, do_arg, dk, dv, lse, delta, *tensors, *scalars, *common,
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,
@@ -267,7 +265,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
 
     def launch_dq(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        attention_bwd_dq_kernel[(cdiv(SQ, cfg.block_m), B * H)](
+        DQ((cdiv(SQ, cfg.block_m), B * H, 1),
             q, k_arg, v_arg, do, dq, out, lse, delta, *tensors, *scalars, *common,
             dq.stride(0), dq.stride(1), dq.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
             H, H // HK, SQ, SKV,

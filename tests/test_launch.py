@@ -1,0 +1,113 @@
+"""The direct relaunch (hf_sdpa.kernels.launch): its argument classes against Triton's own specialisation, and which
+path each call takes. The kernels' results through it are checked by every GPU test that calls a shape twice and
+by test_misaligned_views_recompile below."""
+import itertools
+
+import pytest
+import torch
+
+from hf_sdpa.kernels import attention, launch
+from hf_sdpa.kernels.launch import Launcher, TensorDescriptor, argument_class, unchecked_descriptor
+from reference import assert_within, attention_ref, pattern_mask
+
+
+def _triton_specialisation(arg):
+    """What Triton's binder makes of arg for an NVIDIA GPU: the type and the specialisation (alignment, value)."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    return native_specialize_impl(CUDABackend(GPUTarget("cuda", 90, 32)), arg, False, True, True)
+
+
+def _samples():
+    base = torch.randn(4096, dtype=torch.bfloat16)
+    ints = [0, 1, 2, 15, 16, 17, 48, 64 * 1024, -1, -16, 2 ** 31 - 16, 2 ** 31, -2 ** 31, -2 ** 31 - 16, 2 ** 40,
+            2 ** 63, 2 ** 63 + 16]
+    tensors = [base, base[1:], base[8:], base[16:], base.float(), base.float()[2:], base.half(),
+               torch.zeros(64, dtype=torch.int32), torch.zeros(64, dtype=torch.int8)[3:]]
+    samples = ints + tensors + [0.5, 1.0, -3.0, None, True, False]
+    if TensorDescriptor is not None:
+        t = base.view(1, 4, 32, 32)
+        for block in ([1, 1, 16, 32], [1, 1, 32, 32]):
+            samples.append(TensorDescriptor(t, list(t.shape), list(t.stride()), block))
+            samples.append(unchecked_descriptor(t, list(t.shape), list(t.stride()), block))
+        samples.append(TensorDescriptor(t.half(), list(t.shape), list(t.stride()), [1, 1, 16, 32]))
+    return samples
+
+
+def test_argument_classes_are_tritons_specialisations():
+    """Two arguments of one class must compile to one kernel (else a relaunch would run a kernel specialised for
+    another alignment or value); two of different classes may differ. Checked against the installed Triton."""
+    samples = _samples()
+    for a, b in itertools.combinations(samples, 2):
+        if argument_class(a) == argument_class(b):
+            assert _triton_specialisation(a) == _triton_specialisation(b), (a, b)
+
+
+class _Compiled:
+    """Stands for Triton's CompiledKernel, whose launcher reads grid[0], grid[1] and grid[2]."""
+    def __init__(self, log):
+        self.log = log
+
+    def __getitem__(self, grid):
+        def run(*args, stream):
+            self.log.append(("direct", (grid[0], grid[1], grid[2]), args, stream))
+        return run
+
+
+class _Kernel:
+    """Stands for a @triton.jit kernel with runtime arguments X, n and constexprs BLOCK, FLAG."""
+    arg_names = ["X", "n", "BLOCK", "FLAG"]
+
+    def __init__(self):
+        self.log = []
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.log.append(("triton", grid, args, kwargs))
+            return _Compiled(self.log)
+        return run
+
+
+def test_launcher_relaunches_known_classes_and_asks_triton_otherwise(monkeypatch):
+    monkeypatch.setattr(launch, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream", lambda device: 1234)
+    kernel = _Kernel()
+    launcher = Launcher(kernel)
+    launcher.direct = True  # as on a GPU (under the interpreter it always goes through Triton)
+    x = torch.zeros(64)
+    launcher((2, 1, 1), x, 32, FLAG=True, BLOCK=16, num_warps=4)
+    launcher((3, 1, 1), x[4:], 64, FLAG=True, BLOCK=16, num_warps=4)  # another pointer and int, same classes
+    launcher((3, 1, 1), x[1:], 64, FLAG=True, BLOCK=16, num_warps=4)  # misaligned: Triton
+    launcher((3, 1, 1), x, 33, FLAG=True, BLOCK=16, num_warps=4)  # not a multiple of 16: Triton
+    launcher((3, 1, 1), x, 32, FLAG=False, BLOCK=16, num_warps=4)  # another constexpr: Triton
+    launcher((3, 1, 1), x, 32, FLAG=True, BLOCK=16, num_warps=8)  # another option: Triton
+    paths = [entry[0] for entry in kernel.log]
+    assert paths == ["triton", "direct", "triton", "triton", "triton", "triton"]
+    _, grid, args, stream = kernel.log[1]
+    assert grid == (3, 1, 1) and args[1:] == (64, 16, True) and args[0].data_ptr() == x[4:].data_ptr() and stream == 1234
+    launcher((5, 1, 1), x[1:], 48, FLAG=True, BLOCK=16, num_warps=4)  # the misaligned class is known now
+    assert kernel.log[-1][0] == "direct"
+
+
+@pytest.mark.gpu
+def test_misaligned_views_recompile():
+    """Inputs whose start is not 16-byte aligned must not run the kernels compiled (and relaunched) for aligned
+    ones, which assume aligned vector loads: forward and backward against the float64 reference, aligned twice
+    (the second call relaunches), then misaligned views, then aligned again."""
+    b, h, s, d, dtype = 2, 4, 256, 64, torch.float16
+    n = b * h * s * d
+    storage = torch.randn(3 * n + 8, device="cuda", dtype=dtype)
+    for offset in (0, 0, 1, 1, 8, 0):
+        q, k, v = (storage[offset + i * n:offset + (i + 1) * n].view(b, h, s, d).detach().requires_grad_()
+                   for i in range(3))
+        assert (q.data_ptr() % 16 == 0) == (offset % 8 == 0)
+        out = attention(q, k, v, causal=True)
+        keep = pattern_mask(b, s, s, causal=True, device="cuda")
+        ref, low = attention_ref(q, k, v, keep), attention_ref(q, k, v, keep, dtype=dtype)
+        dout = torch.randn_like(out)
+        results = zip(("out", "dq", "dk", "dv"), (out, *torch.autograd.grad(out, (q, k, v), dout)),
+                      (ref, *torch.autograd.grad(ref, (q, k, v), dout.double())),
+                      (low, *torch.autograd.grad(low, (q, k, v), dout)))
+        for name, ours, exact, same_precision in results:
+            assert_within(f"offset {offset} {name}", ours, exact, same_precision, dtype)

@@ -107,8 +107,8 @@ def measure(name, b, h, hk, s, d, causal, pad=None, window=None, softcap=None, l
     return row
 
 
-def standard_cases(quick, dims):
-    seqs = [512, 2048, 8192] if quick else [512, 2048, 8192, 16384]
+def standard_cases(quick, dims, seqs=None):
+    seqs = seqs or ([512, 2048, 8192] if quick else [512, 2048, 8192, 16384])
     dims = [128] if quick else dims
     for d in dims:
         for causal in (True, False):
@@ -217,6 +217,8 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-flex", action="store_true")
     parser.add_argument("--head-dims", default="64,128,256")
+    parser.add_argument("--seqs", help="comma-separated sequence lengths instead of the standard ones")
+    parser.add_argument("--impls", help="comma-separated implementations instead of all")
     parser.add_argument("--no-masked", action="store_true", help="skip the padded, window and softcap cases")
     parser.add_argument("--render", metavar="BENCH_JSON", help="only rewrite bench.md and bench.png from a bench.json")
     args = parser.parse_args()
@@ -232,6 +234,8 @@ def main():
     versions = dict(torch=torch.__version__, triton=triton.__version__, transformers=transformers.__version__,
                     hf_sdpa=hf_sdpa.__version__, cuda=torch.version.cuda)
     impls = ["triton_attention"] + SDPA + ([] if args.no_flex else ["flex_attention"])
+    if args.impls:
+        impls = [name for name in impls if name in args.impls.split(",")]
     rows = []
 
     def record(row):  # bench.json after every row: a call cut short by its time limit keeps what it measured
@@ -239,7 +243,8 @@ def main():
         print(json.dumps(row), flush=True)
         with open(os.path.join(args.out, "bench.json"), "w") as f:
             json.dump(dict(device=device, versions=versions, rows=rows), f, indent=1)
-    for case in standard_cases(args.quick, [int(d) for d in args.head_dims.split(",")]):
+    seqs = [int(s) for s in args.seqs.split(",")] if args.seqs else None
+    for case in standard_cases(args.quick, [int(d) for d in args.head_dims.split(",")], seqs):
         for impl in impls:
             # math materialises the scores; flex compiles per shape, so it runs the plotted series only
             flex_series = case["d"] == 128 and case["causal"] and case["hk"] == 8

@@ -2,8 +2,9 @@
 
 `kernel[grid](*args, **kwargs)` binds every argument, specialises each one, turns the specialisation and the options
 into a cache key and looks the compiled kernel up before it launches: tens of microseconds per launch, three
-launches per training call, which decide a short call's time (benchmarks/NOTES.md entry 11). What a compiled
-kernel is specialised on is a few properties of each argument (`argument_class`): a tensor's dtype and 16-byte
+launches per training call, a good part of the host time that decides a call on a small batch (benchmarks/NOTES.md
+entry 11). What a compiled
+kernel is specialised on is a few properties of each argument (`launch_key`): a tensor's dtype and 16-byte
 alignment; an integer's being 1, a multiple of 16, or beyond 32 bits; a tensor descriptor's dtype and block shape;
 constexprs and options by value. `Launcher` keys the compiled kernels on those classes and launches a call whose
 arguments fall in known classes through the compiled kernel's own launcher (`CompiledKernel[grid](*args,
@@ -12,6 +13,8 @@ tests/test_launch.py checks the classes against Triton's own specialisation of t
 
 HF_SDPA_TRITON_LAUNCH=1 sends every launch through Triton's binder (to rule this module out when debugging).
 """
+import functools
+import operator
 import os
 
 import torch
@@ -24,26 +27,57 @@ try:
 except ImportError:  # Triton before 3.4: pointer loads only
     TensorDescriptor = None
 
+_RESIDUE = (15).__and__  # x & 15: an int's or address's residue mod 16, finer than Triton's "a multiple of 16"
+_IS_ONE = (1).__eq__
+_DTYPE = operator.attrgetter("dtype")
+_INT32 = 2 ** 31
 
 
-def argument_class(arg):
-    """What Triton specialises a runtime argument on; two arguments of one class run the same compiled kernel."""
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, bool):
-        return bool
-    if isinstance(arg, int):
-        if arg == 1:
-            return 1
-        width = 32 if -2 ** 31 <= arg < 2 ** 31 else 64 if -2 ** 63 <= arg < 2 ** 63 else "u64"
-        return arg % 16 == 0, width
-    if isinstance(arg, float):
-        return float
-    if arg is None:
-        return None
-    if TensorDescriptor is not None and isinstance(arg, TensorDescriptor):
-        return TensorDescriptor, arg.base.dtype, tuple(arg.block_shape), arg.padding
-    raise TypeError(f"no launch class for a {type(arg).__name__} argument")
+def _width(i: int):
+    return 32 if -_INT32 <= i < _INT32 else 64 if -2 ** 63 <= i < 2 ** 63 else "u64"
+
+
+def _picker(positions: list):
+    """args -> the tuple of args at positions (itemgetter returns a bare item for one position)."""
+    if len(positions) == 1:
+        position = positions[0]
+        return lambda args: (args[position],)
+    return operator.itemgetter(*positions) if positions else lambda args: ()
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(kinds: tuple):
+    """Where the tensors, ints and descriptors sit among arguments of these types (one layout per call site)."""
+    tensors, ints, descriptors = [], [], []
+    for i, kind in enumerate(kinds):
+        if issubclass(kind, torch.Tensor):
+            tensors.append(i)
+        elif kind is int:
+            ints.append(i)
+        elif TensorDescriptor is not None and kind is TensorDescriptor:
+            descriptors.append(i)
+        elif kind not in (float, bool, type(None)):
+            raise TypeError(f"no launch class for a {kind.__name__} argument")
+    return _picker(tensors), _picker(ints), _picker(descriptors)
+
+
+def launch_key(args: tuple) -> tuple:
+    """What Triton specialises the runtime arguments on, or finer: equal keys run the same compiled kernel.
+
+    Triton specialises a tensor on its dtype and whether its address is a multiple of 16 bytes, an int on whether
+    it is 1, a multiple of 16 and its width, a descriptor on its dtype and block shape, anything else on its type.
+    The key takes residues mod 16 instead of "a multiple of 16" (C-level maps over the arguments, a few us for
+    40 of them; a residue that Triton does not tell apart costs one extra trip through its binder, never a wrong
+    kernel)."""
+    kinds = tuple(map(type, args))
+    tensors, ints, descriptors = (pick(args) for pick in _layout(kinds))
+    key = (kinds, tuple(map(_DTYPE, tensors)), tuple(map(_RESIDUE, map(torch.Tensor.data_ptr, tensors))),
+           tuple(map(_RESIDUE, ints)), tuple(map(_IS_ONE, ints)))
+    if ints and (min(ints) < -_INT32 or max(ints) >= _INT32):
+        key += (tuple(map(_width, ints)),)
+    if descriptors:
+        key += (tuple((d.base.dtype, tuple(d.block_shape), d.padding) for d in descriptors),)
+    return key
 
 
 def current_device() -> int:
@@ -68,7 +102,7 @@ class Launcher:
         if not self.direct:
             return self.kernel[grid](*args, **kwargs)
         device = current_device()
-        key = (tuple(map(argument_class, args)), tuple(kwargs.items()), device)
+        key = (launch_key(args), tuple(kwargs.items()), device)
         found = self.compiled.get(key)
         if found is None:
             compiled = self.kernel[grid](*args, **kwargs)

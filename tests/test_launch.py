@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_sdpa.kernels import attention, launch
-from hf_sdpa.kernels.launch import Launcher, TensorDescriptor, argument_class, unchecked_descriptor
+from hf_sdpa.kernels.launch import Launcher, TensorDescriptor, launch_key, unchecked_descriptor
 from reference import assert_within, attention_ref, pattern_mask
 
 
@@ -35,13 +35,20 @@ def _samples():
     return samples
 
 
-def test_argument_classes_are_tritons_specialisations():
-    """Two arguments of one class must compile to one kernel (else a relaunch would run a kernel specialised for
-    another alignment or value); two of different classes may differ. Checked against the installed Triton."""
+def test_equal_launch_keys_are_equal_specialisations():
+    """Two arguments with one key must compile to one kernel (else a relaunch would run a kernel specialised for
+    another alignment or value); two with different keys may differ. Checked against the installed Triton, one
+    position at a time (the key is a tuple over positions) and for a whole argument list."""
     samples = _samples()
+    equal = 0
     for a, b in itertools.combinations(samples, 2):
-        if argument_class(a) == argument_class(b):
+        if launch_key((a,)) == launch_key((b,)):
             assert _triton_specialisation(a) == _triton_specialisation(b), (a, b)
+            equal += 1
+    assert equal > 20  # the test compares something: aligned views, multiples of 16, floats, descriptors
+    x = torch.zeros(64)
+    assert launch_key((x, 32, 0.5, x[4:], 1)) == launch_key((x[8:], 48, 2.0, x, 1))
+    assert launch_key((x, 32, 0.5, x[4:], 1)) != launch_key((x, 32, 0.5, x[4:], 17))
 
 
 class _Compiled:

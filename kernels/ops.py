@@ -80,6 +80,15 @@ def _pattern_args(p: Pattern, q: torch.Tensor):
     return tensors, scalars, strides, flags
 
 
+def _strides(*tensors) -> list:
+    """The batch, head and row strides of each (B, heads, seq, D) tensor, one after another, as the kernels take
+    them (the head dim's stride is 1)."""
+    flat = []
+    for t in tensors:
+        flat += t.stride()[:3]
+    return flat
+
+
 @functools.lru_cache(maxsize=None)
 def has_tma(device: torch.device) -> bool:
     """Hopper or newer NVIDIA GPU with a Triton that has tensor descriptors: the config table's TMA rows apply."""
@@ -186,11 +195,9 @@ def run_forward(q, k, v, p: Pattern):
 
     def launch(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        FORWARD((cdiv(SQ, cfg.block_m), B * H, 1),
-            q, k_arg, v_arg, out, lse, *tensors, *scalars,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
-            H, H // k.shape[1], SQ, SKV,
+        FORWARD(
+            (cdiv(SQ, cfg.block_m), B * H, 1), q, k_arg, v_arg, out, lse, *tensors, *scalars,
+            *_strides(q, k, v, out), s_keep, s_doc, H, H // k.shape[1], SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
             TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
@@ -225,13 +232,12 @@ def run_decode(q, k, v, p: Pattern):
         lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
         arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        DECODE((splits, B * HK, 1),
-            q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep, qk_scale, sm_scale,
-            softcap, window, chunk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, HK, group,
-            SQ, SKV, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
+        DECODE(
+            (splits, B * HK, 1), q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep,
+            qk_scale, sm_scale, softcap, window, chunk, *_strides(q, k, v, out), s_keep, HK, group, SQ, SKV,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **FUSED)
         return splits, tma
 
     cfg, (splits, tma) = _fitting("decode", decode_config(block_d, q.dtype == torch.float32, group * SQ), launch, q,
@@ -250,25 +256,22 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
     heads_inner = dkdv_heads_inner(block_d, H // HK)
-    common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-              v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
+    common = _strides(q, k, v, do)
 
     def launch_dkdv(cfg):
         q_arg, do_arg, tma = _streamed(q, do, cfg, cfg.block_m, block_d)
-        DKDV((cdiv(SKV, cfg.block_n), B * HK, 1),
-            q_arg, k, v, do_arg, dk, dv, lse, delta, *tensors, *scalars, *common,
-            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), s_keep, s_doc,
-            H, H // HK, SQ, SKV,
+        DKDV(
+            (cdiv(SKV, cfg.block_n), B * HK, 1), q_arg, k, v, do_arg, dk, dv, lse, delta, *tensors, *scalars, *common,
+            *_strides(dk, dv), s_keep, s_doc, H, H // HK, SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
             HEADS_INNER=heads_inner, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
     def launch_dq(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        DQ((cdiv(SQ, cfg.block_m), B * H, 1),
-            q, k_arg, v_arg, do, dq, out, lse, delta, *tensors, *scalars, *common,
-            dq.stride(0), dq.stride(1), dq.stride(2), out.stride(0), out.stride(1), out.stride(2), s_keep, s_doc,
-            H, H // HK, SQ, SKV,
+        DQ(
+            (cdiv(SQ, cfg.block_m), B * H, 1), q, k_arg, v_arg, do, dq, out, lse, delta, *tensors, *scalars, *common,
+            *_strides(dq, out), s_keep, s_doc, H, H // HK, SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, TMA=tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma

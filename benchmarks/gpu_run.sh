@@ -13,6 +13,7 @@ if [ "${TESTS:-1}" = 1 ]; then
     HF_SDPA_TEST_DTYPE=$dt python3 -m pytest -q -p no:cacheprovider -rs tests/test_models.py > "$OUT/tests_models_gpu_$dt.txt" 2>&1
     tail -5 "$OUT/tests_models_gpu_$dt.txt"
   done
-  python3 -m pytest -v -n ${WORKERS:-4} -p no:cacheprovider tests/test_registry.py tests/test_kernels.py tests/test_autotune.py ${KERNEL_TEST_ARGS:-} > "$OUT/tests_kernels_gpu.txt" 2>&1
+  python3 -m pytest -v -n ${WORKERS:-4} -p no:cacheprovider tests/test_registry.py tests/test_kernels.py tests/test_autotune.py \
+    tests/test_launch.py tests/test_threads_compile.py ${KERNEL_TEST_ARGS:-} > "$OUT/tests_kernels_gpu.txt" 2>&1
   tail -5 "$OUT/tests_kernels_gpu.txt"
 fi

@@ -11,7 +11,8 @@ arguments fall in known classes through the compiled kernel's own launcher (`Com
 stream=...)`, the same in Triton 3.6 and 3.9); any other call goes through Triton, which compiles if it must.
 tests/test_launch.py checks the classes against Triton's own specialisation of the same arguments.
 
-HF_SDPA_TRITON_LAUNCH=1 sends every launch through Triton's binder (to rule this module out when debugging).
+HF_SDPA_TRITON_LAUNCH=1, read at import, sends every launch through Triton's binder (to rule this module out when
+debugging).
 """
 import functools
 import operator

@@ -6,7 +6,8 @@ import itertools
 import pytest
 import torch
 
-from hf_sdpa.kernels import attention, launch
+from hf_sdpa.kernels import attention, launch, ops
+from hf_sdpa.kernels.config import DECODE_MIN_KEYS
 from hf_sdpa.kernels.launch import Launcher, TensorDescriptor, launch_key, unchecked_descriptor
 from reference import assert_within, attention_ref, pattern_mask
 
@@ -63,10 +64,10 @@ class _Compiled:
 
 
 class _Kernel:
-    """Stands for a @triton.jit kernel with runtime arguments X, n and constexprs BLOCK, FLAG."""
-    arg_names = ["X", "n", "BLOCK", "FLAG"]
+    """Stands for a @triton.jit kernel, by default with runtime arguments X, n and constexprs BLOCK, FLAG."""
 
-    def __init__(self):
+    def __init__(self, arg_names=("X", "n", "BLOCK", "FLAG")):
+        self.arg_names = list(arg_names)
         self.log = []
 
     def __getitem__(self, grid):
@@ -95,6 +96,33 @@ def test_launcher_relaunches_known_classes_and_asks_triton_otherwise(monkeypatch
     assert grid == (3, 1, 1) and args[1:] == (64, 16, True) and args[0].data_ptr() == x[4:].data_ptr() and stream == 1234
     launcher((5, 1, 1), x[1:], 48, FLAG=True, BLOCK=16, num_warps=4)  # the misaligned class is known now
     assert kernel.log[-1][0] == "direct"
+
+
+def test_every_call_site_relaunches_with_all_parameters(monkeypatch):
+    """The second call of each pass goes the direct way and hands the compiled kernel every parameter of the
+    kernel, in its order: a call site that left a parameter to a default would fail here, not only on a GPU
+    (under the interpreter the kernels always go through Triton). The kernels are stand-ins: outputs are
+    not computed."""
+    monkeypatch.setattr(launch, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream", lambda device: 0)
+    fakes = {}
+    for name in ("FORWARD", "DECODE", "DQ", "DKDV"):
+        launcher = getattr(ops, name)
+        fakes[name] = _Kernel(launcher.kernel.arg_names)
+        monkeypatch.setattr(launcher, "kernel", fakes[name])
+        monkeypatch.setattr(launcher, "direct", True)
+        monkeypatch.setattr(launcher, "compiled", {})
+    q = torch.randn(1, 4, 20, 32, dtype=torch.float16, requires_grad=True)
+    k, v = (torch.randn(1, 2, 20, 32, dtype=torch.float16, requires_grad=True) for _ in range(2))
+    cache = torch.randn(1, 2, DECODE_MIN_KEYS, 32, dtype=torch.float16)
+    for _ in range(2):
+        attention(q, k, v, causal=True).backward(torch.ones(1, 4, 20, 32, dtype=torch.float16))
+        with torch.no_grad():
+            attention(q[:, :, :1], cache, cache, causal=True)
+    for name, fake in fakes.items():
+        assert [entry[0] for entry in fake.log] == ["triton", "direct"], name
+        _, grid, args, _ = fake.log[1]
+        assert len(grid) == 3 and len(args) == len(fake.arg_names), name
 
 
 @pytest.mark.gpu

@@ -45,10 +45,9 @@ def cases():
                 forward().backward(grad)
             return run
         return step(ours), step(cudnn)
-    with torch.no_grad():
-        yield "decode 4k (b1, GQA 32/8)", make(1, 32, 8, 1, 4096, False)
-        yield "prefill 512 (b1, GQA 32/8)", make(1, 32, 8, 512, 512, False)
-        yield "forward 512 (b32, GQA 32/8)", make(32, 32, 8, 512, 512, False)
+    yield "decode 4k (b1, GQA 32/8)", make(1, 32, 8, 1, 4096, False)
+    yield "prefill 512 (b1, GQA 32/8)", make(1, 32, 8, 512, 512, False)
+    yield "forward 512 (b32, GQA 32/8)", make(32, 32, 8, 512, 512, False)
     yield "train 2k (b4, GQA 8/2)", make(4, 8, 2, 2048, 2048, True)
     yield "train 512 (b32, GQA 32/8)", make(32, 32, 8, 512, 512, True)
 

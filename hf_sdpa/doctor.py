@@ -145,6 +145,17 @@ def _launch_configurations():
     return f"autotuned (HF_SDPA_AUTOTUNE=1), cached in {where}"
 
 
+def _launch_path():
+    from .kernels import ops
+    from .kernels.config import interpreting
+    if interpreting():
+        return "through Triton's interpreter (TRITON_INTERPRET=1)"
+    if ops.FORWARD.direct:
+        return ("a call whose arguments Triton has specialised before goes straight to the compiled kernel "
+                "(HF_SDPA_TRITON_LAUNCH=1 sends every call through Triton's binder)")
+    return "every call through Triton's binder (HF_SDPA_TRITON_LAUNCH=1)"
+
+
 def report(case: Optional[Case] = None) -> dict:
     """The whole account as a dict (what --json prints)."""
     probe = Case(batch=1, heads=2, kv_heads=2, q_len=8, kv_len=8, head_dim=16, mask="causal", backward=True)
@@ -175,7 +186,8 @@ def report(case: Optional[Case] = None) -> dict:
                 if launches:
                     verdicts[name]["kernels"] = launches
         out["case"] = {"input": inp.describe() + (", forward+backward" if case.backward else ", forward"),
-                       "implementations": verdicts, "triton_attention launch configurations": _launch_configurations()}
+                       "implementations": verdicts, "triton_attention launch configurations": _launch_configurations(),
+                       "triton_attention launches": _launch_path()}
     return out
 
 
@@ -215,4 +227,5 @@ def format_report(rep: dict) -> str:
             lines += [f"      kernel: {launch}" for launch in verdict.get("kernels", [])]
         lines.append("  triton_attention launch configurations: "
                      + rep["case"]["triton_attention launch configurations"])
+        lines.append("  triton_attention launches: " + rep["case"]["triton_attention launches"])
     return "\n".join(lines)

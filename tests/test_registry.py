@@ -12,6 +12,7 @@ from transformers.masking_utils import AttentionMaskInterface
 import hf_sdpa
 from conftest import HAS_GPU, Ops
 from hf_sdpa import IMPLEMENTATIONS, NAMES, AttentionInput, AttentionRefused
+from hf_sdpa.kernels.config import interpreting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,6 +103,9 @@ def test_doctor_names_the_triton_kernels_and_their_blocks_for_a_case():
     assert "BLOCK_M=" in verdict["kernels"][0] and "warps=" in verdict["kernels"][0]
     assert "kernel: attention_fwd_kernel" in format_report(rep)
     assert "fixed table" in rep["case"]["triton_attention launch configurations"]
+    expected = "interpreter" if interpreting() else "compiled kernel"
+    assert expected in rep["case"]["triton_attention launches"]
+    assert "triton_attention launches: " in format_report(rep)
 
 
 def test_cli_doctor_json_runs():

@@ -101,8 +101,9 @@ def test_launcher_relaunches_known_classes_and_asks_triton_otherwise(monkeypatch
 def test_every_call_site_relaunches_with_all_parameters(monkeypatch):
     """The second call of each pass goes the direct way and hands the compiled kernel every parameter of the
     kernel, in its order: a call site that left a parameter to a default would fail here, not only on a GPU
-    (under the interpreter the kernels always go through Triton). The kernels are stand-ins: outputs are
-    not computed."""
+    (under the interpreter the kernels always go through Triton). On a GPU the tensors are CUDA ones, so the
+    Hopper call sites (tensor descriptors) are the ones checked. The kernels are stand-ins: outputs are not
+    computed."""
     monkeypatch.setattr(launch, "current_device", lambda: 0)
     monkeypatch.setattr(launch, "current_stream", lambda device: 0)
     fakes = {}
@@ -112,11 +113,12 @@ def test_every_call_site_relaunches_with_all_parameters(monkeypatch):
         monkeypatch.setattr(launcher, "kernel", fakes[name])
         monkeypatch.setattr(launcher, "direct", True)
         monkeypatch.setattr(launcher, "compiled", {})
-    q = torch.randn(1, 4, 20, 32, dtype=torch.float16, requires_grad=True)
-    k, v = (torch.randn(1, 2, 20, 32, dtype=torch.float16, requires_grad=True) for _ in range(2))
-    cache = torch.randn(1, 2, DECODE_MIN_KEYS, 32, dtype=torch.float16)
+    like = dict(dtype=torch.float16, device="cuda" if torch.cuda.is_available() else "cpu")
+    q = torch.randn(1, 4, 20, 32, **like, requires_grad=True)
+    k, v = (torch.randn(1, 2, 20, 32, **like, requires_grad=True) for _ in range(2))
+    cache = torch.randn(1, 2, DECODE_MIN_KEYS, 32, **like)
     for _ in range(2):
-        attention(q, k, v, causal=True).backward(torch.ones(1, 4, 20, 32, dtype=torch.float16))
+        attention(q, k, v, causal=True).backward(torch.ones(1, 4, 20, 32, **like))
         with torch.no_grad():
             attention(q[:, :, :1], cache, cache, causal=True)
     for name, fake in fakes.items():

@@ -9,7 +9,9 @@ the dQ configurations (with the best dK/dV one) timed on forward+backward (--pas
 on/off forces how the dK/dV pass walks a GQA group's heads, config.dkdv_heads_inner).
 Medians of triton.testing.do_bench; a configuration that does not compile or run is recorded with its error;
 max_diff is each forward variant's largest difference from the table's output. A case name may add a batch size
-(b2; else 16k tokens per batch) and a layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors,
+(b2; else 16k tokens per batch), a mask (pad: left-padded rows of s, 3/4 s, s/2 and 3/10 s tokens, taking
+turns; w1024: a sliding window of 1024 keys; cap50: logit softcap 50; masked cases time no torch backend, since
+sdpa_fa2 refuses them and sdpa_cudnn takes them as a dense bias) and a layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors,
 as a Transformers model's projections do (rows H * D apart), and bshdcopy does the same but gives the backward
 contiguous copies of Q and dO (the copies' time counted), to tell whether that layout costs the dK/dV pass.
 Timing only: a configuration adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and
@@ -42,15 +44,28 @@ def parse_case(name):
     d, heads, s, mode, *extra = name.split("-")
     s = int(s[1:])
     case = dict(name=name, d=int(d[1:]), hk=32 if heads == "mha" else 8, s=s, b=max(1, 16384 // s),
-                causal=mode == "causal", layout="bhsd")
+                causal=mode == "causal", layout="bhsd", pad=False, window=None, softcap=None)
     for part in extra:
         if part in LAYOUTS:
             case["layout"] = part
         elif part.startswith("b") and part[1:].isdigit():
             case["b"] = int(part[1:])
+        elif part == "pad":
+            case["pad"] = True
+        elif part.startswith("w") and part[1:].isdigit():
+            case["window"] = int(part[1:])
+        elif part.startswith("cap") and part[3:].isdigit():
+            case["softcap"] = float(part[3:])
         else:
-            raise SystemExit(f"case {name}: {part!r} is neither a batch size (b2) nor a layout {LAYOUTS}")
+            raise SystemExit(f"case {name}: {part!r} is neither a batch size (b2), a mask (pad, w1024, cap50) nor "
+                             f"a layout {LAYOUTS}")
     return case
+
+
+def left_padding(b, s):
+    """A key padding mask (True = a real token) whose rows keep s, 3/4 s, s/2 and 3/10 s tokens, taking turns."""
+    lengths = [(s, s * 3 // 4, s // 2, s * 3 // 10)[i % 4] for i in range(b)]
+    return torch.arange(s, device="cuda")[None, :] >= s - torch.tensor(lengths, device="cuda")[:, None]
 
 
 @contextlib.contextmanager
@@ -99,23 +114,33 @@ def best(rows):
     return min(ok, key=lambda r: r["ms"]) if ok else None
 
 
-def tune_case(case, passes):
+def case_runs(case):
+    """The case's inputs as two calls, the forward alone and forward+backward, and the leaves with gradients."""
     g = torch.Generator(device="cuda").manual_seed(0)
     shape_q = (case["b"], 32, case["s"], case["d"])
     shape_kv = (case["b"], case["hk"], case["s"], case["d"])
     q, k, v = (make_input(shape, case["layout"], g) for shape in (shape_q, shape_kv, shape_kv))
     dout = make_input(shape_q, case["layout"], g).detach()
     causal = case["causal"]
+    masks = dict(key_padding_mask=left_padding(case["b"], case["s"]) if case["pad"] else None,
+                 window=case["window"], softcap=case["softcap"])
 
     def fwd():
         with torch.no_grad():
-            return attention(q, k, v, causal=causal)
+            return attention(q, k, v, causal=causal, **masks)
 
     def fwd_bwd():
-        attention(q, k, v, causal=causal).backward(dout)
+        attention(q, k, v, causal=causal, **masks).backward(dout)
+    return fwd, fwd_bwd, (q, k, v), dout
 
+
+def tune_case(case, passes):
+    fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
+    causal = case["causal"]
     result = dict(case)
-    for name, backend in (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+    masked = case["pad"] or case["window"] or case["softcap"]
+    for name, backend in (() if masked else
+                          (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION))):
         def ref():
             with sdpa_kernel([backend]):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
@@ -149,15 +174,16 @@ def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others):
 
 
 def summary_line(r):
+    def ms(key):
+        return f"{r[key]:.3f}" if key in r else "-"
     bf, cur_f = best(r["forward"]), r["forward"][0].get("ms")
     if "dkdv" not in r:
-        return (f"| {r['name']} | {r['sdpa_fa2_fwd_ms']:.3f} | {r['sdpa_cudnn_fwd_ms']:.3f} | {cur_f:.3f} | "
+        return (f"| {r['name']} | {ms('sdpa_fa2_fwd_ms')} | {ms('sdpa_cudnn_fwd_ms')} | {cur_f:.3f} | "
                 f"{bf['ms']:.3f} {tuple(bf['config'])} | | | | |")
     bk, bq = best(r["dkdv"]), best(r["dq"])
     cur_b = r["dkdv"][0].get("ms")
-    return (f"| {r['name']} | {r['sdpa_fa2_fwd_ms']:.3f} | {r['sdpa_cudnn_fwd_ms']:.3f} | {cur_f:.3f} | "
-            f"{bf['ms']:.3f} {tuple(bf['config'])} | {r['sdpa_fa2_fwd_bwd_ms']:.3f} | "
-            f"{r['sdpa_cudnn_fwd_bwd_ms']:.3f} | "
+    return (f"| {r['name']} | {ms('sdpa_fa2_fwd_ms')} | {ms('sdpa_cudnn_fwd_ms')} | {cur_f:.3f} | "
+            f"{bf['ms']:.3f} {tuple(bf['config'])} | {ms('sdpa_fa2_fwd_bwd_ms')} | {ms('sdpa_cudnn_fwd_bwd_ms')} | "
             f"{cur_b:.3f} | {bq['ms']:.3f} dkdv {tuple(bk['config'])} dq {tuple(bq['config'])} |")
 
 

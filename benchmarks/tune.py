@@ -30,7 +30,7 @@ from triton.testing import do_bench
 
 from attention_bench import make_input
 from hf_sdpa.kernels import attention, library, ops
-from hf_sdpa.kernels.config import LaunchConfig, candidates
+from hf_sdpa.kernels.config import LaunchConfig, candidates, key_reach
 
 DEFAULT_CASES = ("d64-mha-s512-causal,d128-gqa-s1024-causal,d128-gqa-s2048-causal,d64-gqa-s8192-causal,"
                  "d128-mha-s8192-full,d256-mha-s8192-causal,d256-gqa-s8192-full,d256-mha-s2048-full,"
@@ -147,7 +147,7 @@ def tune_case(case, passes):
         with torch.no_grad():
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
-    d, s, tma = case["d"], case["s"], ops.has_tma(q.device)
+    d, s, tma = case["d"], key_reach(case["s"], case["window"], case["d"]), ops.has_tma(q.device)
     others = (lambda pass_name: []) if passes == "table" else (lambda pass_name: candidates(pass_name, d, False, tma))
     result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma), others("forward"), fwd, ())
     if passes == "forward":
@@ -161,7 +161,7 @@ def tune_case(case, passes):
 
 def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others):
     """The dK/dV configurations with the table's dQ one, then the dQ ones with the best dK/dV one."""
-    d, s = case["d"], case["s"]
+    d, s = case["d"], key_reach(case["s"], case["window"], case["d"])
     result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), others("dkdv"), fwd_bwd, grads)
     chosen = best(result["dkdv"])
     original = ops.dkdv_config

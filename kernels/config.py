@@ -62,6 +62,14 @@ def smaller(cfg: LaunchConfig, keep_block_m: bool = False) -> Optional[LaunchCon
 SHORT_KV = 1024  # at most this many keys: small tiles, since a short inner loop cannot amortise big ones
 
 
+def key_reach(kv_len: int, window, block_d: int) -> int:
+    """The key length the table is asked for: with a sliding window a row's loop walks at most `window` keys and a
+    key's loop at most `window` rows, however long the sequence, so a window of SHORT_KV keys or fewer gets the
+    short rows. Measured on an H200 with a 1024-key window (benchmarks/NOTES.md entry 12): fwd+bwd 5-8% faster at
+    head sizes 128 and 256; at head size 64 the long rows stay 4% faster, so there the window is not counted."""
+    return kv_len if window is None or block_d <= 64 else min(kv_len, window)
+
+
 def forward_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False) -> LaunchConfig:
     """tma: the GPU has Hopper's copy engine (sm90+); with it small tiles are the fastest (benchmarks/NOTES.md 4)."""
     if interpreting():

@@ -10,7 +10,7 @@ from ..errors import AttentionRefused
 from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from .autotune import TUNER, bucket, enabled as autotune_enabled
 from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_splits, dkdv_config, dkdv_heads_inner,
-                     dq_config, forward_config, head_block, interpreting, smaller)
+                     dq_config, forward_config, head_block, interpreting, key_reach, smaller)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
 from .launch import Launcher, TensorDescriptor, unchecked_descriptor
@@ -202,8 +202,9 @@ def run_forward(q, k, v, p: Pattern):
             TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
-    cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, SKV, has_tma(q.device)), q, k, flags,
-                  launch)
+    reach = key_reach(SKV, p.window, block_d)
+    cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, reach, has_tma(q.device)), q, k,
+                  flags, launch)
     cfg, tma = _fitting("forward", cfg, launch, q, flags)
     _announce("attention_fwd_kernel", cfg, TMA=tma)
     return out, lse
@@ -276,11 +277,11 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
-    tma, gqa = has_tma(q.device), H > HK
-    cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, SKV, tma, gqa), q, k, flags, launch_dq),
+    tma, gqa, reach = has_tma(q.device), H > HK, key_reach(SKV, p.window, block_d)
+    cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, reach, tma, gqa), q, k, flags, launch_dq),
                              launch_dq, q, flags)
     _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)
-    cfg, used_tma = _fitting("dkdv", _choose("dkdv", dkdv_config(block_d, fp32, SKV, tma, gqa), q, k, flags,
+    cfg, used_tma = _fitting("dkdv", _choose("dkdv", dkdv_config(block_d, fp32, reach, tma, gqa), q, k, flags,
                                              launch_dkdv), launch_dkdv, q, flags)
     _announce("attention_bwd_dkdv_kernel", cfg, TMA=used_tma)
     return dq, dk, dv

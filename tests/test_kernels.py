@@ -287,6 +287,15 @@ def test_gpu_long_sequences(seq, d, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_gpu_long_sequences_with_a_short_window(d, dtype):
+    """A window of at most SHORT_KV keys on a long sequence: above head size 64 the table's short rows run it
+    (config.key_reach)."""
+    run_case(2, 8, 2, 4097, 4097, d, dtype, causal=True, padding="left", window=1000)
+
+
+@pytest.mark.gpu
 def test_gpu_offsets_past_2_31_elements():
     b, h, s, d = 64, 32, 8192, 128  # 2.1e9 elements per tensor
     q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -413,6 +422,19 @@ def test_tma_descriptors_give_the_same_results(case, dtype, force_tma):
 def test_tma_falls_back_to_pointers_for_strides_it_cannot_address(force_tma):
     run_case(1, 2, 2, 9, 9, 20, torch.float16, causal=True)  # rows of 40 bytes: not a multiple of 16
     assert force_tma == [False, False, False]
+
+
+@pytest.mark.parametrize("d, asked_for", [(128, 8), (64, 40)])
+def test_a_short_window_asks_the_table_for_its_reach(monkeypatch, d, asked_for):
+    """A row's loop walks at most `window` keys and a key's loop at most `window` rows, so above head size 64 the
+    three passes ask the table for that many keys, not the sequence's 40 (config.key_reach, NOTES entry 12)."""
+    asked = []
+    for name in ("forward_config", "dkdv_config", "dq_config"):
+        table = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda block_d, fp32, kv_len, *rest, table=table:
+                            asked.append(kv_len) or table(block_d, fp32, kv_len, *rest))
+    run_case(1, 2, 1, 40, 40, d, torch.float16, causal=True, window=8)
+    assert asked == [asked_for] * 3
 
 
 @pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))

@@ -2,18 +2,19 @@
 
     python benchmarks/tune.py --out DIR [--cases d256-mha-s8192-causal,d64-gqa-s4096-causal-b2-bshd,...]
 
-Per case, the candidates of kernels/config.py (the table's choice first, with and without TMA on Hopper): the
-forward configurations timed on the forward alone, then the dK/dV configurations (with the current dQ one) and
-the dQ configurations (with the best dK/dV one) timed on forward+backward (--passes forward: the forward only;
---passes table: the table's configurations alone, to compare cases rather than configurations; --heads-inner
-on/off forces how the dK/dV pass walks a GQA group's heads, config.dkdv_heads_inner).
-Medians of triton.testing.do_bench; a configuration that does not compile or run is recorded with its error;
-max_diff is each forward variant's largest difference from the table's output. A case name may add a batch size
-(b2; else 16k tokens per batch), a mask (pad: left-padded rows of s, 3/4 s, s/2 and 3/10 s tokens, taking
-turns; w1024: a sliding window of 1024 keys; cap50: logit softcap 50; masked cases time no torch backend, since
-sdpa_fa2 refuses them and sdpa_cudnn takes them as a dense bias) and a layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors,
-as a Transformers model's projections do (rows H * D apart), and bshdcopy does the same but gives the backward
-contiguous copies of Q and dO (the copies' time counted), to tell whether that layout costs the dK/dV pass.
+Per case, the candidates of kernels/config.py (the table's choice first, with and without TMA on Hopper): the forward
+configurations timed on the forward alone, then the dK/dV configurations (with the current dQ one) and the dQ
+configurations (with the best dK/dV one) timed on forward+backward (--passes forward: the forward only; --passes
+table: the table's configurations alone, to compare cases rather than configurations; --heads-inner on/off forces how
+the dK/dV pass walks a GQA group's heads, config.dkdv_heads_inner). Medians of triton.testing.do_bench over --rounds
+rounds, the candidates in another order each round; a configuration that does not compile or run is recorded with its
+error; max_diff is each forward variant's largest difference from the table's output. A case name may add a batch
+size (b2; else 16k tokens per batch), a mask (pad: left-padded rows of s, 3/4 s, s/2 and 3/10 s tokens, taking turns;
+w1024: a sliding window of 1024 keys; cap50: logit softcap 50; masked cases time no torch backend, since sdpa_fa2
+refuses them and sdpa_cudnn takes them as a dense bias) and a layout: bshd hands the kernels (B, H, S, D) views of
+(B, S, H, D) tensors, as a Transformers model's projections do (rows H * D apart), and bshdcopy does the same but
+gives the backward contiguous copies of Q and dO (the copies' time counted), to tell whether that layout costs the
+dK/dV pass.
 Timing only: a configuration adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and
 tune.md.
 """
@@ -21,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 from dataclasses import astuple
 
 import torch
@@ -81,31 +83,50 @@ def contiguous_backward(enabled):
         library.run_backward = original
 
 
-def time_ms(fn, grads=()):
-    return do_bench(fn, warmup=10, rep=60, grad_to_none=list(grads), return_mode="median")
+def time_ms(fn, grads=(), rep=60):
+    return do_bench(fn, warmup=10, rep=rep, grad_to_none=list(grads), return_mode="median")
 
 
-def sweep(pass_name, current, candidates, run, grads):
-    """Times each candidate; where run returns a tensor, also its largest difference from the first one's."""
-    rows = []
+@contextlib.contextmanager
+def pinned(pass_name, config):
+    """ops asks kernels/config.py's pass_name for this configuration (a tuple) while inside."""
     original = getattr(ops, pass_name)
+    setattr(ops, pass_name, lambda *args, cfg=LaunchConfig(*config): cfg)
+    try:
+        yield
+    finally:
+        setattr(ops, pass_name, original)
+
+
+def sweep(pass_name, current, candidates, run, grads, rounds):
+    """Runs each candidate once (one that does not compile or run is recorded with its error; where run returns a
+    tensor, its largest difference from the first one's), then times those that ran in `rounds` rounds, each
+    round starting at another candidate and every other one in reverse order: the GPU's speed drifts by 4-8% over
+    a sweep (benchmarks/NOTES.md entry 12), which would otherwise favour whichever ran at the fast end. ms is the
+    median of a candidate's rounds."""
+    rows, first_out = [], None
     current = astuple(current)
-    first_out = None
     for c in [current] + [astuple(c) for c in candidates if astuple(c) != current]:
-        cfg = LaunchConfig(*c)
-        setattr(ops, pass_name, lambda *args, cfg=cfg: cfg)
         try:
-            out = run()
-            torch.cuda.synchronize()
-            row = dict(config=c, ms=time_ms(run, grads))
-            if isinstance(out, torch.Tensor):
-                first_out = out if first_out is None else first_out
-                row["max_diff"] = (out.float() - first_out.float()).abs().max().item()
-            rows.append(row)
+            with pinned(pass_name, c):
+                out = run()
+                torch.cuda.synchronize()
         except Exception as exc:  # out of shared memory or registers: not a candidate
             rows.append(dict(config=c, error=f"{type(exc).__name__}: {str(exc)[:120]}"))
-        finally:
-            setattr(ops, pass_name, original)
+            continue
+        row = dict(config=c, rounds_ms=[])
+        if isinstance(out, torch.Tensor):
+            first_out = out if first_out is None else first_out
+            row["max_diff"] = (out.float() - first_out.float()).abs().max().item()
+        rows.append(row)
+    ran = [r for r in rows if "rounds_ms" in r]
+    for i in range(rounds if ran else 0):
+        order = ran[i % len(ran):] + ran[:i % len(ran)]
+        for row in (order if i % 2 == 0 else order[::-1]):
+            with pinned(pass_name, row["config"]):
+                row["rounds_ms"].append(time_ms(run, grads, rep=max(20, 90 // rounds)))
+    for row in ran:
+        row["ms"] = statistics.median(row["rounds_ms"])
     return rows
 
 
@@ -134,7 +155,7 @@ def case_runs(case):
     return fwd, fwd_bwd, (q, k, v), dout
 
 
-def tune_case(case, passes):
+def tune_case(case, passes, rounds):
     fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
     causal = case["causal"]
     result = dict(case)
@@ -149,28 +170,26 @@ def tune_case(case, passes):
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
     d, s, tma = case["d"], key_reach(case["s"], case["window"], case["d"]), ops.has_tma(q.device)
     others = (lambda pass_name: []) if passes == "table" else (lambda pass_name: candidates(pass_name, d, False, tma))
-    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma), others("forward"), fwd, ())
+    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma), others("forward"), fwd, (),
+                              rounds)
     if passes == "forward":
         return result
     grads = (q, k, v)
     gqa = case["hk"] < 32
     with contiguous_backward(case["layout"] == "bshdcopy"):
-        backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others)
+        backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others, rounds)
     return result
 
 
-def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others):
+def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others, rounds):
     """The dK/dV configurations with the table's dQ one, then the dQ ones with the best dK/dV one."""
     d, s = case["d"], key_reach(case["s"], case["window"], case["d"])
-    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), others("dkdv"), fwd_bwd, grads)
+    result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), others("dkdv"), fwd_bwd, grads,
+                           rounds)
     chosen = best(result["dkdv"])
-    original = ops.dkdv_config
-    if chosen:
-        ops.dkdv_config = lambda *args, c=LaunchConfig(*chosen["config"]): c
-    try:
-        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s, tma, gqa), others("dq"), fwd_bwd, grads)
-    finally:
-        ops.dkdv_config = original
+    with pinned("dkdv_config", chosen["config"]) if chosen else contextlib.nullcontext():
+        result["dq"] = sweep("dq_config", ops.dq_config(d, False, s, tma, gqa), others("dq"), fwd_bwd, grads,
+                             rounds)
 
 
 def summary_line(r):
@@ -192,6 +211,7 @@ def main():
     p.add_argument("--out", default="benchmarks/results/local")
     p.add_argument("--cases", default=DEFAULT_CASES)
     p.add_argument("--passes", choices=("all", "forward", "table"), default="all")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds per candidate, in changing orders")
     p.add_argument("--heads-inner", choices=("table", "on", "off"), default="table",
                    help="how the dK/dV pass walks a GQA group's heads: as config.dkdv_heads_inner says, or forced")
     a = p.parse_args()
@@ -200,16 +220,16 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     results = []
     for name in a.cases.split(","):
-        results.append(tune_case(parse_case(name), a.passes))
+        results.append(tune_case(parse_case(name), a.passes, a.rounds))
         print(json.dumps(results[-1]), flush=True)
         torch.cuda.empty_cache()
     with open(os.path.join(a.out, "tune.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), heads_inner=a.heads_inner, results=results), f, indent=1)
     lines = [f"# Launch configuration sweep: {torch.cuda.get_device_name()}", "",
-             "bf16, 32 query heads, 16k tokens per batch unless the case names a batch (b2), the layout the case "
-             "names (see the docstring); ms medians. 'current' is the first candidate (the table in "
-             "kernels/config.py at the time of the run); configs are (block_m, block_n, warps, stages, TMA); dK/dV "
-             f"heads inner: {a.heads_inner}.", "",
+             "bf16, 32 query heads, 16k tokens per batch unless the case names a batch (b2), the layout and mask the "
+             f"case names (see the docstring); ms medians of {a.rounds} rounds, the candidates in changing orders. "
+             "'current' is the first candidate (the table in kernels/config.py at the time of the run); configs are "
+             f"(block_m, block_n, warps, stages, TMA); dK/dV heads inner: {a.heads_inner}.", "",
              "| case | fa2 fwd | cudnn fwd | current fwd | best fwd | fa2 fwd+bwd | cudnn fwd+bwd | current fwd+bwd "
              "| best fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [summary_line(r) for r in results]

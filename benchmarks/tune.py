@@ -10,11 +10,11 @@ the dK/dV pass walks a GQA group's heads, config.dkdv_heads_inner). Medians of t
 rounds, the candidates in another order each round; a configuration that does not compile or run is recorded with its
 error; max_diff is each forward variant's largest difference from the table's output. A case name may add a batch
 size (b2; else 16k tokens per batch), a mask (pad: left-padded rows of s, 3/4 s, s/2 and 3/10 s tokens, taking turns;
-w1024: a sliding window of 1024 keys; cap50: logit softcap 50; masked cases time no torch backend, since sdpa_fa2
-refuses them and sdpa_cudnn takes them as a dense bias) and a layout: bshd hands the kernels (B, H, S, D) views of
-(B, S, H, D) tensors, as a Transformers model's projections do (rows H * D apart), and bshdcopy does the same but
-gives the backward contiguous copies of Q and dO (the copies' time counted), to tell whether that layout costs the
-dK/dV pass.
+w1024: a sliding window of 1024 keys; cap50: logit softcap 50; doc1024: packed documents of 1024 tokens, the
+positions restarting every 1024; masked cases time no torch backend, since sdpa_fa2 refuses them and sdpa_cudnn takes
+them as a dense bias) and a layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors, as a
+Transformers model's projections do (rows H * D apart), and bshdcopy does the same but gives the backward contiguous
+copies of Q and dO (the copies' time counted), to tell whether that layout costs the dK/dV pass.
 Timing only: a configuration adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and
 tune.md.
 """
@@ -46,7 +46,7 @@ def parse_case(name):
     d, heads, s, mode, *extra = name.split("-")
     s = int(s[1:])
     case = dict(name=name, d=int(d[1:]), hk=32 if heads == "mha" else 8, s=s, b=max(1, 16384 // s),
-                causal=mode == "causal", layout="bhsd", pad=False, window=None, softcap=None)
+                causal=mode == "causal", layout="bhsd", pad=False, window=None, softcap=None, documents=None)
     for part in extra:
         if part in LAYOUTS:
             case["layout"] = part
@@ -58,9 +58,11 @@ def parse_case(name):
             case["window"] = int(part[1:])
         elif part.startswith("cap") and part[3:].isdigit():
             case["softcap"] = float(part[3:])
+        elif part.startswith("doc") and part[3:].isdigit():
+            case["documents"] = int(part[3:])
         else:
-            raise SystemExit(f"case {name}: {part!r} is neither a batch size (b2), a mask (pad, w1024, cap50) nor "
-                             f"a layout {LAYOUTS}")
+            raise SystemExit(f"case {name}: {part!r} is neither a batch size (b2), a mask (pad, w1024, cap50, "
+                             f"doc1024) nor a layout {LAYOUTS}")
     return case
 
 
@@ -144,7 +146,9 @@ def case_runs(case):
     dout = make_input(shape_q, case["layout"], g).detach()
     causal = case["causal"]
     masks = dict(key_padding_mask=left_padding(case["b"], case["s"]) if case["pad"] else None,
-                 window=case["window"], softcap=case["softcap"])
+                 window=case["window"], softcap=case["softcap"],
+                 position_ids=(torch.arange(case["s"], device="cuda") % case["documents"])[None]
+                 if case["documents"] else None)
 
     def fwd():
         with torch.no_grad():
@@ -159,7 +163,7 @@ def tune_case(case, passes, rounds):
     fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
     causal = case["causal"]
     result = dict(case)
-    masked = case["pad"] or case["window"] or case["softcap"]
+    masked = case["pad"] or case["window"] or case["softcap"] or case["documents"]
     for name, backend in (() if masked else
                           (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION))):
         def ref():
@@ -168,7 +172,7 @@ def tune_case(case, passes, rounds):
         with torch.no_grad():
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
-    d, s, tma = case["d"], key_reach(case["s"], case["window"], case["d"]), ops.has_tma(q.device)
+    d, s, tma = case["d"], key_reach(case["s"], case["d"], case["window"], case["documents"]), ops.has_tma(q.device)
     others = (lambda pass_name: []) if passes == "table" else (lambda pass_name: candidates(pass_name, d, False, tma))
     result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma), others("forward"), fwd, (),
                               rounds)
@@ -183,7 +187,7 @@ def tune_case(case, passes, rounds):
 
 def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others, rounds):
     """The dK/dV configurations with the table's dQ one, then the dQ ones with the best dK/dV one."""
-    d, s = case["d"], key_reach(case["s"], case["window"], case["d"])
+    d, s = case["d"], key_reach(case["s"], case["d"], case["window"], case["documents"])
     result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), others("dkdv"), fwd_bwd, grads,
                            rounds)
     chosen = best(result["dkdv"])

@@ -1,7 +1,7 @@
 """The plain-tensor API of our Triton FlashAttention: validation, mask conversion, dispatch to autograd."""
 import math
 import weakref
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -120,25 +120,36 @@ def _padding_pattern(mask: torch.Tensor):
     return _converted_once("padding", mask, lambda m: (*_key_range(m), m.to(torch.int8).contiguous()))
 
 
-def _documents(new_doc: torch.Tensor, training: bool) -> Optional[torch.Tensor]:
-    """(B, S) bool marking each document's first token -> (B, 2, S) int32: each token's document start, then the
-    end (one past its last token): the dK/dV pass reads the ends to know which rows see a whole key block.
+class Documents(NamedTuple):
+    """Packed documents as the kernels take them. bounds (B, 2, S) int32: per token its document's first index
+    ([:, 0]) and one past its last ([:, 1]), which the dK/dV pass reads to know which rows see a whole key block.
+    longest: the longest document's length, where the values were read (see _documents), else None."""
+    bounds: torch.Tensor
+    longest: Optional[int]
+
+
+def _documents(new_doc: torch.Tensor, training: bool) -> Optional[Documents]:
+    """(B, S) bool marking each document's first token -> its Documents.
 
     None in training when every row is one document: Transformers hands every model's arange positions to every
     attention call, and the backward pays for the per-element document test, the forward does not (NOTES entry
-    10). Asking costs a device sync, so only where a backward follows (gradients enabled), and not under
-    torch.compile or while a CUDA graph is captured."""
-    if training and not _tracing(new_doc) and not new_doc[:, 1:].any():
+    10). Reading values costs a device sync, so it happens only where a backward follows (gradients enabled), and
+    not under torch.compile or while a CUDA graph is captured; there the longest document is not known either (it
+    bounds the kernels' loops as a window does, config.key_reach). The callers keep the result per tensor, so a
+    model's forward syncs once (twice with packed documents), not once per layer."""
+    read = training and not _tracing(new_doc)
+    if read and not new_doc[:, 1:].any():
         return None
     seq = new_doc.shape[1]
     idx = torch.arange(seq, device=new_doc.device).expand_as(new_doc)
     start = torch.where(new_doc, idx, 0).cummax(1).values
     last = torch.cat([new_doc[:, 1:], torch.ones_like(new_doc[:, :1])], 1)  # the next token starts a document
     end = torch.where(last, idx + 1, seq).flip(1).cummin(1).values.flip(1)
-    return torch.stack([start, end], 1).to(torch.int32).contiguous()
+    bounds = torch.stack([start, end], 1).to(torch.int32).contiguous()
+    return Documents(bounds, int((end - start).max()) if read else None)
 
 
-def documents_from_position_ids(position_ids: torch.Tensor, batch: int, device) -> Optional[torch.Tensor]:
+def documents_from_position_ids(position_ids: torch.Tensor, batch: int, device) -> Optional[Documents]:
     """A document starts wherever the position does not follow the previous one (Transformers' packing rule)."""
     def convert(position_ids, batch, device, training):
         pos = position_ids.to(device).expand(batch, -1)
@@ -148,13 +159,15 @@ def documents_from_position_ids(position_ids: torch.Tensor, batch: int, device) 
                            torch.is_grad_enabled())
 
 
-def documents_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device) -> Optional[torch.Tensor]:
-    cu_seqlens = cu_seqlens.to(device)
-    new_doc = torch.zeros(1, total, dtype=torch.bool, device=cu_seqlens.device)
-    starts = cu_seqlens[:-1].long()
-    new_doc[0, starts[starts < total]] = True
-    new_doc[0, 0] = True
-    return _documents(new_doc, torch.is_grad_enabled())
+def documents_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device) -> Optional[Documents]:
+    def convert(cu_seqlens, total, device, training):
+        cu_seqlens = cu_seqlens.to(device)
+        new_doc = torch.zeros(1, total, dtype=torch.bool, device=cu_seqlens.device)
+        starts = cu_seqlens[:-1].long()
+        new_doc[0, starts[starts < total]] = True
+        new_doc[0, 0] = True
+        return _documents(new_doc, training)
+    return _converted_once("cu_seqlens", cu_seqlens, convert, total, torch.device(device), torch.is_grad_enabled())
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -201,11 +214,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         documents = documents_from_cu_seqlens(cu_seqlens, SQ, q.device)
     if dropout_p > 0 and seed is None:
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
-    pattern = Pattern(kv_lo=kv_lo, kv_hi=kv_hi, key_keep=key_keep, holes=holes, documents=documents,
+    pattern = Pattern(kv_lo=kv_lo, kv_hi=kv_hi, key_keep=key_keep, holes=holes,
+                      documents=None if documents is None else documents.bounds,
                       causal=bool(causal), window=None if window is None else int(window),
                       softcap=None if softcap is None else float(softcap),
-                      scale=scale,
-                      dropout_p=float(dropout_p), seed=int(seed or 0))
+                      scale=scale, dropout_p=float(dropout_p), seed=int(seed or 0),
+                      longest_document=None if documents is None else documents.longest)
     lacks = _decode_lacks(q, k, v, dropout_p, documents)
     if split_kv and lacks:
         _refuse(f"split_kv=True needs {lacks}.", "Leave split_kv=None to choose automatically.")

@@ -62,12 +62,14 @@ def smaller(cfg: LaunchConfig, keep_block_m: bool = False) -> Optional[LaunchCon
 SHORT_KV = 1024  # at most this many keys: small tiles, since a short inner loop cannot amortise big ones
 
 
-def key_reach(kv_len: int, window, block_d: int) -> int:
-    """The key length the table is asked for: with a sliding window a row's loop walks at most `window` keys and a
-    key's loop at most `window` rows, however long the sequence, so a window of SHORT_KV keys or fewer gets the
-    short rows. Measured on an H200 with a 1024-key window (benchmarks/NOTES.md entry 12): fwd+bwd 5-8% faster at
-    head sizes 128 and 256; at head size 64 the long rows stay 4% faster, so there the window is not counted."""
-    return kv_len if window is None or block_d <= 64 else min(kv_len, window)
+def key_reach(kv_len: int, block_d: int, *bounds) -> int:
+    """The key length the table is asked for. A sliding window or packed documents bound the loops however long
+    the sequence: a row walks at most `window` keys (or its document's), a key at most `window` rows (or its
+    document's); so a bound of SHORT_KV or fewer gets the short rows. bounds: the window and the longest document,
+    None where absent. Measured on an H200 with a 1024-key window (benchmarks/NOTES.md entry 12): fwd+bwd 5-8%
+    faster at head sizes 128 and 256; at head size 64 the long rows stay 4% faster, so there no bound counts."""
+    known = [bound for bound in bounds if bound is not None]
+    return kv_len if block_d <= 64 or not known else min(kv_len, *known)
 
 
 def forward_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False) -> LaunchConfig:

@@ -20,7 +20,7 @@ def _out_like(q: Tensor) -> Tensor:
 
 # The attention pattern (the fields of ops.Pattern), as the ops' schemas spell it.
 _PATTERN = ("Tensor? kv_lo, Tensor? kv_hi, Tensor? key_keep, Tensor? holes, Tensor? documents, bool causal, "
-            "int? window, float? softcap, float scale, float dropout_p, int seed")
+            "int? window, float? softcap, float scale, float dropout_p, int seed, int? longest_document")
 
 
 @torch.library.custom_op("hf_sdpa::attention_forward", mutates_args=(),

@@ -45,7 +45,8 @@ class Pattern(NamedTuple):
     kv_lo/kv_hi (B,) int32: the keys [lo, hi) a padding mask leaves (None without a mask: all keys);
     key_keep (B, SKV) int8 and holes (B,) int8: the padding mask itself, for masks with gaps;
     documents (B, 2, SQ) int32, contiguous: per row its document's first index ([:, 0]) and one past its last
-    ([:, 1]) (packed sequences; the kernels take it as DocStart and find the ends SQ further on).
+    ([:, 1]) (packed sequences; the kernels take it as DocStart and find the ends SQ further on);
+    longest_document: the longest one's length where attention() read it (else None), for the configuration.
     """
     kv_lo: Optional[torch.Tensor]
     kv_hi: Optional[torch.Tensor]
@@ -58,6 +59,7 @@ class Pattern(NamedTuple):
     scale: float
     dropout_p: float
     seed: int
+    longest_document: Optional[int]
 
 
 def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
@@ -202,7 +204,7 @@ def run_forward(q, k, v, p: Pattern):
             TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
-    reach = key_reach(SKV, p.window, block_d)
+    reach = key_reach(SKV, block_d, p.window, p.longest_document)
     cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, reach, has_tma(q.device)), q, k,
                   flags, launch)
     cfg, tma = _fitting("forward", cfg, launch, q, flags)
@@ -277,7 +279,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
-    tma, gqa, reach = has_tma(q.device), H > HK, key_reach(SKV, p.window, block_d)
+    tma, gqa, reach = has_tma(q.device), H > HK, key_reach(SKV, block_d, p.window, p.longest_document)
     cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, reach, tma, gqa), q, k, flags, launch_dq),
                              launch_dq, q, flags)
     _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)

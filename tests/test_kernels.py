@@ -60,7 +60,7 @@ def run_case(b, h, hk, sq, skv, d, dtype, *, causal=False, padding=None, window=
     pos = make_positions(b, sq, device) if packed else None
     out = attention(q, k, v, causal=causal, scale=scale, key_padding_mask=pad, position_ids=pos, window=window,
                     softcap=softcap)
-    doc = documents_from_position_ids(pos, b, device)[:, 0] if packed else None
+    doc = documents_from_position_ids(pos, b, device).bounds[:, 0] if packed else None
     keep = pattern_mask(b, sq, skv, causal=causal, padding=pad, window=window, doc_start=doc, device=device)
     ref = attention_ref(q, k, v, keep, scale=scale, softcap=softcap)
     low = attention_ref(q, k, v, keep, scale=scale, softcap=softcap, dtype=dtype)
@@ -105,10 +105,15 @@ def test_features(case, dtype):
 
 
 def test_documents_from_position_ids_give_each_tokens_document_start_and_end():
+    """And the longest document, where a backward follows (reading it syncs with the device)."""
     pos = torch.tensor([[0, 1, 2, 0, 1, 0], [5, 6, 7, 8, 9, 10]])
     docs = documents_from_position_ids(pos, 2, "cpu")
-    assert docs[:, 0].tolist() == [[0, 0, 0, 3, 3, 5], [0, 0, 0, 0, 0, 0]]
-    assert docs[:, 1].tolist() == [[3, 3, 3, 5, 5, 6], [6, 6, 6, 6, 6, 6]]
+    assert docs.bounds[:, 0].tolist() == [[0, 0, 0, 3, 3, 5], [0, 0, 0, 0, 0, 0]]
+    assert docs.bounds[:, 1].tolist() == [[3, 3, 3, 5, 5, 6], [6, 6, 6, 6, 6, 6]]
+    assert docs.longest == 6
+    assert documents_from_position_ids(torch.tensor([[0, 1, 0, 1, 2, 0]]), 2, "cpu").longest == 3
+    with torch.no_grad():
+        assert documents_from_position_ids(pos, 2, "cpu").longest is None
 
 
 def test_arange_positions_are_plain_causal_attention():
@@ -117,7 +122,7 @@ def test_arange_positions_are_plain_causal_attention():
     the documents stay (the forward does not pay for them, and reading the positions would cost a sync)."""
     assert documents_from_position_ids(torch.arange(3, 9)[None], 2, "cpu") is None
     with torch.no_grad():
-        assert documents_from_position_ids(torch.arange(3, 9)[None], 2, "cpu")[:, 1].eq(6).all()
+        assert documents_from_position_ids(torch.arange(3, 9)[None], 2, "cpu").bounds[:, 1].eq(6).all()
     q, k, v = (torch.randn(2, 2, 40, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
     positions = torch.arange(40, device=DEVICE)[None]
     assert torch.equal(attention(q, k, v, causal=True, position_ids=positions), attention(q, k, v, causal=True))
@@ -424,16 +429,21 @@ def test_tma_falls_back_to_pointers_for_strides_it_cannot_address(force_tma):
     assert force_tma == [False, False, False]
 
 
-@pytest.mark.parametrize("d, asked_for", [(128, 8), (64, 40)])
-def test_a_short_window_asks_the_table_for_its_reach(monkeypatch, d, asked_for):
-    """A row's loop walks at most `window` keys and a key's loop at most `window` rows, so above head size 64 the
-    three passes ask the table for that many keys, not the sequence's 40 (config.key_reach, NOTES entry 12)."""
+@pytest.mark.parametrize("d, window, packed, asked_for", [(128, 8, False, 8), (64, 8, False, 40),
+                                                        (128, None, True, 21), (128, 30, True, 21),
+                                                        (128, 12, True, 12)])
+def test_the_loops_reach_is_what_the_table_is_asked_for(monkeypatch, d, window, packed, asked_for):
+    """A row's loop walks at most `window` keys (or its document's), a key's loop at most `window` rows (or its
+    document's), so above head size 64 the three passes ask the table for that many keys, not the sequence's 40
+    (config.key_reach, NOTES entry 12). The packed row holds documents of 7, 11, 21 and 1 tokens."""
     asked = []
     for name in ("forward_config", "dkdv_config", "dq_config"):
         table = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda block_d, fp32, kv_len, *rest, table=table:
                             asked.append(kv_len) or table(block_d, fp32, kv_len, *rest))
-    run_case(1, 2, 1, 40, 40, d, torch.float16, causal=True, window=8)
+    q, k, v = (torch.randn(1, 2, 40, d, device=DEVICE, dtype=torch.float16, requires_grad=True) for _ in range(3))
+    positions = torch.cat([torch.arange(n) for n in (7, 11, 21, 1)])[None].to(DEVICE) if packed else None
+    attention(q, k, v, causal=True, window=window, position_ids=positions).sum().backward()
     assert asked == [asked_for] * 3
 
 

@@ -1,13 +1,14 @@
-"""Launch configurations chosen by a sliding window's reach against ones chosen by the key length, interleaved.
+"""Launch configurations chosen by the loops' reach against ones chosen by the key length, interleaved.
 
-    python benchmarks/window_ab.py --out DIR [--cases d128-gqa-s4096-causal-b4-w1024,...] [--rounds 8]
+    python benchmarks/reach_ab.py --out DIR [--cases d128-gqa-s4096-causal-b4-w1024,d128-gqa-s8192-causal-b1-doc1024]
 
-kernels/config.py picks small tiles for short key loops (at most SHORT_KV keys). With a sliding window a row sees
-at most `window` keys and a key at most `window` rows, however long the sequence, so ops asks the table for
-config.key_reach(...) keys (benchmarks/NOTES.md entry 12). The 'length' mode asks it for the key length instead, as
-before that change. The modes alternate round by round (their order alternating too), since back-to-back timings
-of one configuration drift by 4-8% within a sweep. Per case: forward+backward medians, and the median, lowest and
-highest of the per-round ratios reach / length. Writes window_ab.json and window_ab.md.
+kernels/config.py picks small tiles for short key loops (at most SHORT_KV keys). With a sliding window or packed
+documents a row sees at most `window` keys (or its document's) and a key at most `window` rows (or its
+document's), however long the sequence, so ops asks the table for config.key_reach(...) keys (benchmarks/NOTES.md
+entry 12). The 'length' mode asks it for the key length instead, as before that change. The modes alternate round
+by round (their order alternating too), since back-to-back timings of one configuration drift by 4-8% within a
+sweep. Per case: forward+backward medians, and the median, lowest and highest of the per-round ratios
+reach / length. Writes reach_ab.json and reach_ab.md. (Named window_ab.py before packed documents counted.)
 """
 import argparse
 import json
@@ -20,10 +21,11 @@ from triton.testing import do_bench
 from hf_sdpa.kernels import ops
 from tune import case_runs, parse_case
 
-DEFAULT_CASES = "d128-gqa-s4096-causal-b4-w1024,d128-gqa-s8192-causal-b2-w1024,d64-gqa-s4096-causal-b4-w1024"
+DEFAULT_CASES = ("d128-gqa-s4096-causal-b4-w1024,d256-gqa-s4096-causal-b4-w1024,d128-gqa-s8192-causal-b1-doc1024,"
+                 "d256-gqa-s8192-causal-b1-doc1024,d128-gqa-s8192-causal-b1-doc512")
 
 
-LENGTH = {"key_reach": lambda kv_len, window, block_d: kv_len}
+LENGTH = {"key_reach": lambda kv_len, block_d, *bounds: kv_len}
 
 
 def timed(run, grads, patches):
@@ -60,14 +62,14 @@ def main():
         print(json.dumps(results[-1]), flush=True)
         torch.cuda.empty_cache()
     device = torch.cuda.get_device_name()
-    with open(os.path.join(a.out, "window_ab.json"), "w") as f:
+    with open(os.path.join(a.out, "reach_ab.json"), "w") as f:
         json.dump(dict(device=device, rounds=a.rounds, results=results), f, indent=1)
-    lines = [f"# Configurations by key length or by the window's reach: {device}", "",
+    lines = [f"# Configurations by key length or by the loops' reach: {device}", "",
              f"bf16, forward+backward, medians of {a.rounds} interleaved rounds (ms); ratio = reach / length per "
              "round: median (lowest - highest).", "", "| case | length | reach | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['length_ms']:.3f} | {r['reach_ms']:.3f} | {r['ratio']:.3f} "
               f"({r['ratio_low']:.3f} - {r['ratio_high']:.3f}) |" for r in results]
-    with open(os.path.join(a.out, "window_ab.md"), "w") as f:
+    with open(os.path.join(a.out, "reach_ab.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -159,6 +159,11 @@ def case_runs(case):
     return fwd, fwd_bwd, (q, k, v), dout
 
 
+def loop_keys(case):
+    """The key length ops asks the table for in this case (the window or the documents may bound it)."""
+    return key_reach(case["s"], case["d"], case["window"], case["documents"])
+
+
 def tune_case(case, passes, rounds):
     fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
     causal = case["causal"]
@@ -172,7 +177,7 @@ def tune_case(case, passes, rounds):
         with torch.no_grad():
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
-    d, s, tma = case["d"], key_reach(case["s"], case["d"], case["window"], case["documents"]), ops.has_tma(q.device)
+    d, s, tma = case["d"], loop_keys(case), ops.has_tma(q.device)
     others = (lambda pass_name: []) if passes == "table" else (lambda pass_name: candidates(pass_name, d, False, tma))
     result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma), others("forward"), fwd, (),
                               rounds)
@@ -187,7 +192,7 @@ def tune_case(case, passes, rounds):
 
 def backward_sweeps(result, case, fwd_bwd, grads, tma, gqa, others, rounds):
     """The dK/dV configurations with the table's dQ one, then the dQ ones with the best dK/dV one."""
-    d, s = case["d"], key_reach(case["s"], case["d"], case["window"], case["documents"])
+    d, s = case["d"], loop_keys(case)
     result["dkdv"] = sweep("dkdv_config", ops.dkdv_config(d, False, s, tma, gqa), others("dkdv"), fwd_bwd, grads,
                            rounds)
     chosen = best(result["dkdv"])

@@ -16,27 +16,23 @@ import os
 import statistics
 
 import torch
-from triton.testing import do_bench
 
 from hf_sdpa.kernels import ops
-from tune import case_runs, parse_case
+from tune import case_runs, parse_case, time_ms
 
 DEFAULT_CASES = ("d128-gqa-s4096-causal-b4-w1024,d256-gqa-s4096-causal-b4-w1024,d128-gqa-s8192-causal-b1-doc1024,"
                  "d256-gqa-s8192-causal-b1-doc1024,d128-gqa-s8192-causal-b1-doc512")
 
 
-LENGTH = {"key_reach": lambda kv_len, block_d, *bounds: kv_len}
-
-
-def timed(run, grads, patches):
-    original = {name: getattr(ops, name) for name in patches}
-    for name, fn in patches.items():
-        setattr(ops, name, fn)
+def timed(run, grads, mode):
+    """run's median time, the table asked for the key length ('length') or for the loops' reach ('reach')."""
+    original = ops.key_reach
+    if mode == "length":
+        ops.key_reach = lambda kv_len, block_d, *bounds: kv_len
     try:
-        return do_bench(run, warmup=10, rep=100, grad_to_none=list(grads), return_mode="median")
+        return time_ms(run, grads, rep=100)
     finally:
-        for name, fn in original.items():
-            setattr(ops, name, fn)
+        ops.key_reach = original
 
 
 def main():
@@ -50,11 +46,10 @@ def main():
     for name in a.cases.split(","):
         case = parse_case(name)
         _, fwd_bwd, grads, _ = case_runs(case)
-        modes = {"length": LENGTH, "reach": {}}
-        times = {mode: [] for mode in modes}
+        times = {"length": [], "reach": []}
         for r in range(a.rounds):
             for mode in (("length", "reach") if r % 2 == 0 else ("reach", "length")):
-                times[mode].append(timed(fwd_bwd, grads, modes[mode]))
+                times[mode].append(timed(fwd_bwd, grads, mode))
         ratios = [n / t for n, t in zip(times["reach"], times["length"])]
         results.append(dict(case=name, times_ms=times, length_ms=statistics.median(times["length"]),
                             reach_ms=statistics.median(times["reach"]), ratio=statistics.median(ratios),

@@ -63,6 +63,34 @@ def compile_for_gpu(name: str, num_warps: int = 4, num_stages: int = 3, capabili
                           options=dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=True))
 
 
+def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int = 2, causal: bool = True,
+                           dtype: str = "bf16"):
+    """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it: descriptors with the layouts
+    that ops builds, four warps for the first consumer group (the partitions add the rest)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel as kernel, shared_layout
+
+    name = {"bf16": "bfloat16", "fp16": "float16"}[dtype]
+    rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal)
+    signature, attrs = {}, {}
+    for i, p in enumerate(kernel.params):
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+        elif p.name in rows:
+            block = [1, 1, rows[p.name], head_dim]
+            signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
+        else:
+            signature[p.name] = {"O": f"*{dtype}", "Lse": "*fp32", "qk_scale": "fp32"}.get(p.name, "i32")
+            if p.name in ("O", "Lse") or p.name.startswith("stride_"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = GluonASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=1))
+
+
 def _tool(name: str) -> str:
     import triton
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
@@ -97,7 +125,7 @@ def loop_report(compiled) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kernel", choices=sorted(KERNELS))
+    parser.add_argument("kernel", choices=sorted(KERNELS) + ["hopper_forward"])
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-m", type=int, default=64)
     parser.add_argument("--block-n", type=int, default=64)
@@ -107,9 +135,12 @@ def main():
     parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
-    compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
-                                  BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
-                                  CAUSAL=not args.full, TMA=not args.no_tma)
+    if args.kernel == "hopper_forward":  # 128 rows in two consumer groups, a loader warp
+        compiled = compile_hopper_forward(args.head_dim, args.block_n, args.stages, causal=not args.full)
+    else:
+        compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
+                                   BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
+                                   CAUSAL=not args.full, TMA=not args.no_tma)
     report = loop_report(compiled)
     if args.json:
         print(json.dumps(report, indent=1))

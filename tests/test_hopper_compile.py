@@ -1,5 +1,5 @@
-"""The kernels compile for Hopper (sm90) with TMA descriptors and the hardware tanh, on a machine without a GPU, and
-the forward's unmasked loop keeps the instruction count it was tuned for.
+"""The kernels compile for Hopper (sm90) with TMA descriptors and the hardware tanh, on a machine without a GPU, the
+forward's unmasked loop keeps the instruction count it was tuned for, and the Gluon forward compiles as launched.
 
 Triton compiles to PTX without a device (ptxas ships with it), so CI catches a TMA or inline-asm construct that the
 interpreter accepts but the GPU compiler rejects. The compile runs in a subprocess without TRITON_INTERPRET (under
@@ -54,6 +54,28 @@ def test_unmasked_forward_loop_scales_each_score_once():
     assert middle["kinds"]["HGMMA"] > 0
     assert middle["kinds"]["FFMA"] >= per_thread
     assert middle["kinds"]["FMUL"] <= per_thread + 8, middle["kinds"]
+
+
+@pytest.mark.parametrize("head_dim, block_n, stages", [(64, 128, 3), (128, 128, 2)])
+def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, stages):
+    """kernels/hopper_forward.py at the tiles ops launches: two consumer loops (one per warpgroup) issuing both
+    matmuls of a key block, a loader loop issuing TMA copies, and no register spills under the partitions'
+    register budgets."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), "hopper_forward", "--head-dim",
+                          str(head_dim), "--block-n", str(block_n), "--stages", str(stages), "--json"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):
+        pytest.skip(f"this Triton cannot assemble or disassemble for sm90 here: {run.stderr[-300:]}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["stack"] == 0
+    consumers = [lp["kinds"] for lp in report["loops"] if lp["kinds"].get("HGMMA")]
+    assert len(consumers) == 2
+    for kinds in consumers:
+        assert kinds["HGMMA"] == head_dim // 16 + block_n // 16  # Q K^T over the head, P V over the key block
+        assert "LDL" not in kinds and "STL" not in kinds
+    assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 
 if __name__ == "__main__":

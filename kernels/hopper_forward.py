@@ -1,0 +1,207 @@
+"""The dense forward on Hopper in Gluon, scheduled as FlashAttention-3 schedules it (Shah et al., 2024).
+
+Triton's `tl.dot` cannot say which warps run the matmuls while others run the softmax: two programs per SM interleave
+as the warp schedulers happen to pick them (benchmarks/NOTES.md entries 4 and 8). Gluon, Triton's lower-level
+language, writes the schedule out. One program takes 128 query rows and runs three partitions:
+
+- a loader warp streams K and V blocks into a ring of STAGES shared-memory buffers through TMA;
+- two consumer warpgroups take 64 rows each. They issue their matmuls in turns (ping-pong): a warpgroup waits for
+  its turn, issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} asynchronously, and hands the turn over, so that one
+  warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
+  of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
+
+Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64 and 128, causal (aligned to the last
+key) or not, GQA, a positive scale; no padding mask, window, softcap, documents or dropout; with causal no more query
+rows than keys, so that every row sees key 0. Outputs are forward.py's: O, and the row log-sum-exp in log2 units.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+# The TMA load's name: async_copy_global_to_shared in Triton 3.6, async_load from 3.7 on (the old name raises there).
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
+ROWS_PER_GROUP = gl.constexpr(64)  # query rows per consumer warpgroup; a program takes two
+LOADER_REGISTERS = gl.constexpr(24)
+CONSUMER_REGISTERS = gl.constexpr(240)
+
+
+@gluon.jit
+def _load_block(desc, b, head, start, bar, dest):
+    mbarrier.expect(bar, desc.block_type.nbytes)
+    _tma_load(desc, [b, head, start, 0], bar, dest)
+
+
+@gluon.jit
+def _key_blocks(SQ, SKV, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """The program's query block and the number of key blocks its rows see (the same for all three partitions)."""
+    # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
+    start_m = (gl.num_programs(0) - 1 - gl.program_id(0)) * (2 * ROWS_PER_GROUP)
+    n_end = gl.cdiv(SKV, BLOCK_N)
+    if CAUSAL:
+        n_end = gl.minimum(start_m + 2 * ROWS_PER_GROUP - 1 + SKV - SQ, SKV - 1) // BLOCK_N + 1
+    return start_m, n_end
+
+
+@gluon.jit
+def _loader(q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
+            q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
+            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """One warp: K and V blocks into the ring, a stage refilled once both consumers have released it."""
+    start_m, n_end = _key_blocks(SQ, SKV, BLOCK_N, CAUSAL)
+    bh = gl.program_id(1)
+    b = bh // H
+    hk = (bh % H) // GROUP
+    for block in range(n_end):
+        stage = block % STAGES
+        mbarrier.wait(kv_empty.index(stage), ((block // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+        _load_block(k_desc, b, hk, block * BLOCK_N, k_ready.index(stage), k_ring.index(stage))
+        _load_block(v_desc, b, hk, block * BLOCK_N, v_ready.index(stage), v_ring.index(stage))
+
+
+@gluon.jit
+def _scores(qk, block, offs_m, offset, SKV, qk_scale, m_i, n_full,
+            BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, s_layout: gl.constexpr):
+    """The block's new row maxima and exponentials (log2 domain, the scale folded into the exponent's FFMA). Blocks
+    from n_full on hold keys some row must not see (past its diagonal or past the last key): those go to -inf."""
+    if block >= n_full:
+        offs_n = block * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        keep = offs_n[None, :] < SKV
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
+        qk = gl.where(keep, qk, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+    p = gl.exp2(qk * qk_scale - m_new[:, None])
+    return m_new, p
+
+
+@gluon.jit
+def _consumer(q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
+              q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
+              HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+              GROUP_ID: gl.constexpr):
+    """One warpgroup: 64 query rows against every key block, its matmuls issued in turns with the other group."""
+    dtype: gl.constexpr = q_desc.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    my_turn = turn.index(GROUP_ID)
+    their_turn = turn.index(1 - GROUP_ID)
+
+    start_m, n_end = _key_blocks(SQ, SKV, BLOCK_N, CAUSAL)
+    start_m += GROUP_ID * ROWS_PER_GROUP
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offset = SKV - SQ
+    n_full = SKV // BLOCK_N  # blocks before n_full hold only keys that every row of the group sees
+    if CAUSAL:
+        n_full = gl.minimum(n_full, (start_m + offset + 1) // BLOCK_N)
+
+    q_buf = q_smem.index(GROUP_ID)
+    _load_block(q_desc, b, h, start_m, q_ready.index(GROUP_ID), q_buf)
+    q = q_buf.reshape([ROWS_PER_GROUP, HEAD_DIM])
+    offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
+    s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_N], gl.float32, s_layout)
+    mbarrier.wait(q_ready.index(GROUP_ID), 0)
+
+    # Block 0 alone: its scores start the row maxima (every row sees key 0, so they are finite).
+    mbarrier.wait(my_turn, 0)
+    mbarrier.wait(k_ready.index(0), 0)
+    qk = warpgroup_mma(q, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero, use_acc=False,
+                       is_async=True)
+    mbarrier.arrive(their_turn, count=1)
+    qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
+    m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
+    m_i, p = _scores(qk, 0, offs_m, offset, SKV, qk_scale, m_i, n_full, BLOCK_N, CAUSAL, s_layout)
+    l_i = gl.sum(p, axis=1)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+    acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
+    alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
+
+    for block in range(1, n_end):
+        stage = block % STAGES
+        prev = (block - 1) % STAGES
+        mbarrier.wait(my_turn, block & 1)
+        mbarrier.wait(k_ready.index(stage), (block // STAGES) & 1)
+        qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
+                           use_acc=False, is_async=True)
+        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to block - 1's maxima while S_j runs
+        mbarrier.wait(v_ready.index(prev), ((block - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+        mbarrier.arrive(their_turn, count=1)
+        qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
+        m_new, p = _scores(qk, block, offs_m, offset, SKV, qk_scale, m_i, n_full, BLOCK_N, CAUSAL, s_layout)
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        m_i = m_new
+        p_next = gl.convert_layout(p.to(dtype), p_layout)
+        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+        mbarrier.arrive(kv_empty.index(prev), count=1)  # this group is done with block - 1's K and V
+        p_op = p_next
+
+    last = n_end - 1
+    mbarrier.wait(my_turn, n_end & 1)
+    acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+    mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
+    acc = warpgroup_mma(p_op, v_ring.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+    mbarrier.arrive(their_turn, count=1)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    mbarrier.arrive(kv_empty.index(last % STAGES), count=1)
+
+    out = acc * (1.0 / gl.convert_layout(l_i, rows_o))[:, None]
+    rows = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_o)
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows[:, None] * stride_om
+              + cols[None, :])
+    gl.store(o_ptrs, out.to(dtype), mask=rows[:, None] < SQ)
+    gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, m_i + gl.log2(l_i), mask=offs_m < SQ)
+
+
+@gluon.jit
+def attention_fwd_hopper_kernel(
+        q_desc, k_desc, v_desc, O, Lse, qk_scale,
+        stride_ob, stride_oh, stride_om,
+        H, GROUP, SQ, SKV,
+        HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
+    reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
+    (B, HK, SKV, D); grid (cdiv(SQ, 128), B * H)."""
+    dtype: gl.constexpr = q_desc.dtype
+    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(turn.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)  # both consumer groups release a stage
+    mbarrier.arrive(turn.index(0), count=1)  # group 0 issues first
+
+    gl.warp_specialize([
+        (_consumer, (q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
+                     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
+                     HEAD_DIM, BLOCK_N, STAGES, CAUSAL, 0)),
+        (_consumer, (q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
+                     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
+                     HEAD_DIM, BLOCK_N, STAGES, CAUSAL, 1)),
+        (_loader, (q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
+                   q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
+                   HEAD_DIM, BLOCK_N, STAGES, CAUSAL)),
+    ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
+
+
+def shared_layout(block_shape: list, dtype_name: str):
+    """The swizzled shared-memory layout that TMA fills and the warpgroup MMAs read ("float16" or "bfloat16")."""
+    return gl.NVMMASharedLayout.get_default_for(block_shape, getattr(gl, dtype_name))

@@ -1,6 +1,7 @@
 """Launchers for the Triton kernels: arguments, launch configuration, scratch buffers (library.py wraps them for
 autograd and torch.compile)."""
 import functools
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -15,6 +16,13 @@ from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
 from .launch import Launcher, TensorDescriptor, unchecked_descriptor
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
+
+try:  # Gluon's Hopper language (Triton 3.6 and later)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel, shared_layout
+except ImportError:
+    attention_fwd_hopper_kernel = None
 
 
 # Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
@@ -103,9 +111,9 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _descriptor(t: torch.Tensor, rows: int, block_d: int):
-    """A descriptor over t (B, heads, seq, D) reading (rows, block_d) tiles, or None where TMA cannot address t
-    (it needs a 16-byte aligned base and strides)."""
+def _tma_strides(t: torch.Tensor):
+    """t's (B, heads, seq, D) strides as TMA takes them, or None where TMA cannot address t (it needs a 16-byte
+    aligned base and strides)."""
     B, H, S, D = t.shape
     sb, sh, ss, sd = t.stride()
     if S == 1:  # a dimension of size 1 may carry any stride: give it the packed one
@@ -117,7 +125,13 @@ def _descriptor(t: torch.Tensor, rows: int, block_d: int):
     align = 16 // t.element_size()  # elements per 16 bytes
     if sd != 1 or t.data_ptr() % 16 or min(sb, sh, ss) <= 0 or sb % align or sh % align or ss % align:
         return None
-    return unchecked_descriptor(t, [B, H, S, D], [sb, sh, ss, sd], [1, 1, rows, block_d])
+    return [sb, sh, ss, sd]
+
+
+def _descriptor(t: torch.Tensor, rows: int, block_d: int):
+    """A descriptor over t (B, heads, seq, D) reading (rows, block_d) tiles, or None where TMA cannot address t."""
+    strides = _tma_strides(t)
+    return None if strides is None else unchecked_descriptor(t, list(t.shape), strides, [1, 1, rows, block_d])
 
 
 def _streamed(a: torch.Tensor, b: torch.Tensor, cfg: LaunchConfig, rows: int, block_d: int):
@@ -185,6 +199,45 @@ def _on_tensor_device(run):
     return on_device
 
 
+# The Gluon forward (hopper_forward.py) for dense inputs on Hopper: off until the device's A/B decides
+# (benchmarks/hopper_ab.py, NOTES.md entry 13). Per head size, its key block and ring depth.
+HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "0") == "1"
+HOPPER_FORWARD_TILES = {64: (128, 3), 128: (128, 2)}
+
+
+def hopper_forward_fits(q, k, p: Pattern) -> bool:
+    """Whether hopper_forward.py's scope holds the input (its docstring), the device aside."""
+    SQ, D, SKV = q.shape[2], q.shape[3], k.shape[2]
+    return (q.dtype in (torch.float16, torch.bfloat16) and D in HOPPER_FORWARD_TILES and SQ >= 1 and SKV >= 1
+            and p.kv_lo is None and p.key_keep is None and p.documents is None and p.window is None
+            and p.softcap is None and p.dropout_p == 0 and p.scale > 0 and not (p.causal and SQ > SKV))
+
+
+@functools.lru_cache(maxsize=None)
+def _is_hopper(device: torch.device) -> bool:
+    """sm90: the warpgroup MMA that the Gluon forward issues exists on Hopper only (not on Blackwell)."""
+    return has_tma(device) and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
+    """The Gluon forward, or False where a tensor's strides keep TMA from addressing it."""
+    B, H, SQ, D = q.shape
+    SKV = k.shape[2]
+    block_n, stages = HOPPER_FORWARD_TILES[D]
+    strides = [_tma_strides(t) for t in (q, k, v)]
+    if None in strides:
+        return False
+    dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[q.dtype]
+    descriptors = [GluonDescriptor(t, list(t.shape), st, [1, 1, rows, D], shared_layout([1, 1, rows, D], dtype))
+                   for t, st, rows in zip((q, k, v), strides, (ROWS_PER_GROUP.value, block_n, block_n))]
+    attention_fwd_hopper_kernel[(cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H)](
+        *descriptors, out, lse, p.scale * LOG2E.value, *out.stride()[:3], H, H // k.shape[1], SQ, SKV,
+        HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=p.causal, num_warps=4)
+    _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
+              stages=stages, TMA=True)
+    return True
+
+
 @_on_tensor_device
 def run_forward(q, k, v, p: Pattern):
     """q (B, H, SQ, D), k/v (B, HK, SKV, D) with unit stride on D. Returns out (B, H, SQ, D) and lse (B, H, SQ)."""
@@ -192,6 +245,9 @@ def run_forward(q, k, v, p: Pattern):
     SKV = k.shape[2]
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
+    if (HOPPER_FORWARD and attention_fwd_hopper_kernel is not None and hopper_forward_fits(q, k, p)
+            and _is_hopper(q.device) and _run_forward_hopper(q, k, v, p, out, lse)):
+        return out, lse
     block_d = head_block(D)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
 

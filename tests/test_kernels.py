@@ -5,6 +5,7 @@ composition in the same precision makes, for the output and for dQ, dK and dV. O
 run through Triton's interpreter (fp16 and fp32: its bf16 dot is wrong); on a GPU bf16 joins.
 """
 import importlib
+import inspect
 import os
 
 import pytest
@@ -324,6 +325,95 @@ def test_gpu_runs_on_the_inputs_gpu_not_the_current_one():
     out = attention(q, k, v, causal=True)
     assert_within("decode out", out, attention_ref(q, k, v, keep), attention_ref(q, k, v, keep, dtype=q.dtype), q.dtype)
     assert torch.cuda.current_device() == 0
+
+
+def dense_pattern(**changes):
+    base = dict(kv_lo=None, kv_hi=None, key_keep=None, holes=None, documents=None, causal=True, window=None,
+                softcap=None, scale=0.1, dropout_p=0.0, seed=0, longest_document=None)
+    return ops.Pattern(**{**base, **changes})
+
+
+@pytest.mark.parametrize("changes, shapes, fits", [
+    (dict(), {}, True),
+    (dict(causal=False), dict(sq=64, skv=32), True),  # bidirectional: more rows than keys is fine
+    (dict(), dict(sq=64, skv=32), False),  # causal: the first rows would see no key
+    (dict(), dict(dtype=torch.float32), False),
+    (dict(), dict(d=256), False),
+    (dict(), dict(d=96), False),
+    (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1)), {}, False),
+    (dict(window=8), {}, False),
+    (dict(softcap=30.0), {}, False),
+    (dict(documents=torch.zeros(1, 2, 16)), {}, False),
+    (dict(dropout_p=0.1), {}, False),
+    (dict(scale=-0.1), {}, False),
+    (dict(scale=0.0), {}, False),
+], ids=lambda x: repr(x) if isinstance(x, bool) else None)
+def test_the_gluon_forward_takes_dense_inputs_only(changes, shapes, fits):
+    """ops.hopper_forward_fits: the Gluon forward's scope (kernels/hopper_forward.py), everything else goes to
+    forward.py."""
+    shape = {**dict(sq=16, skv=32, d=128, dtype=torch.bfloat16), **shapes}
+    q = torch.empty(1, 4, shape["sq"], shape["d"], dtype=shape["dtype"])
+    k = torch.empty(1, 2, shape["skv"], shape["d"], dtype=shape["dtype"])
+    assert ops.hopper_forward_fits(q, k, dense_pattern(**changes)) == fits
+
+
+def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
+    """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K and V and passes each of the
+    kernel's parameters, in order, with a grid of 128-row blocks by batch x heads."""
+    real = ops.attention_fwd_hopper_kernel
+    if real is None:
+        pytest.skip("this Triton has no Gluon Hopper language")
+    calls = []
+
+    class Stub:
+        def __getitem__(self, grid):
+            def launch(*args, num_warps, **constexprs):
+                calls.append((grid, num_warps, inspect.signature(real.fn).bind(*args, **constexprs).arguments))
+            return launch
+
+    monkeypatch.setattr(ops, "attention_fwd_hopper_kernel", Stub())
+    monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    q = torch.randn(2, 300, 8, 128, dtype=torch.bfloat16).transpose(1, 2)  # the model's layout
+    k, v = (torch.randn(2, 2, 300, 128, dtype=torch.bfloat16) for _ in range(2))
+    out, lse = ops.run_forward(q, k, v, dense_pattern(scale=0.125))
+    (grid, warps, args), = calls
+    assert grid == (3, 16) and warps == 4
+    blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc")]
+    assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128]]
+    assert args["q_desc"].strides == list(q.stride()) and args["k_desc"].base is k
+    assert args["O"] is out and args["Lse"] is lse and args["qk_scale"] == pytest.approx(0.125 * 1.4426950408889634)
+    assert (args["stride_ob"], args["stride_oh"], args["stride_om"]) == out.stride()[:3]
+    assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 300, 300)
+    assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (128, 128, 2, True)
+
+
+HOPPER_CASES = [
+    # b, h, hk, sq, skv, d, options: dense inputs, lengths off the 128-row and key blocks
+    (2, 8, 2, 1000, 1000, 128, dict(causal=True)),
+    (2, 8, 8, 4097, 4097, 64, dict(causal=True)),
+    (1, 4, 1, 300, 300, 128, dict()),                        # MQA, bidirectional
+    (2, 4, 2, 200, 777, 128, dict(causal=True)),             # chunked prefill, bottom-right
+    (2, 4, 2, 129, 1025, 64, dict()),
+    (2, 4, 2, 700, 300, 64, dict()),                          # more rows than keys
+    (1, 4, 4, 2048, 2048, 128, dict(causal=True, transposed=True)),  # the model's (B, S, H, D) buffers
+    (1, 2, 2, 1, 513, 128, dict(causal=True)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", HOPPER_CASES, ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
+def test_gpu_gluon_forward(case, dtype, monkeypatch):
+    """The Gluon forward (switched on) against the float64 reference, its O and LSE feeding our backward."""
+    if ops.attention_fwd_hopper_kernel is None or not ops._is_hopper(torch.device(DEVICE)):
+        pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
+    monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    ran = []
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
+    b, h, hk, sq, skv, d, options = case
+    run_case(b, h, hk, sq, skv, d, dtype, **options)
+    assert ran[0] == "attention_fwd_hopper_kernel", ran
 
 
 DECODE_CASES = [

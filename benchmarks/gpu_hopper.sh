@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One device call (under 10 minutes) for benchmarks/NOTES.md entry 13, the Gluon forward's first run: its GPU tests
+# (a hang is cut short by the timeout: the kernel waits on barriers), then hopper_ab.py (correctness check, then the
+# forward and forward+backward against forward.py, sdpa_cudnn and sdpa_fa2, interleaved), with the tiles in TILES
+# beside the default ones. Files under $OUT/r.
+OUT=${OUT:-benchmarks/results/local}
+source benchmarks/device_setup.sh "$OUT/r"
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest -v -p no:cacheprovider tests/test_kernels.py -k gluon -x \
+  > "$OUT/r/tests_gluon_gpu.txt" 2>&1
+echo "tests: exit $?"; tail -n 4 "$OUT/r/tests_gluon_gpu.txt"
+timeout ${AB_TIMEOUT:-300} python3 benchmarks/hopper_ab.py --out "$OUT/r/hopper_ab" \
+  --tiles "${TILES:-128:64x2,64:64x3,64:128x2}" ${CASES:+--cases $CASES} > "$OUT/r/hopper_ab_log.txt" 2>&1
+echo "ab: exit $?"; tail -n 30 "$OUT/r/hopper_ab_log.txt"

@@ -1,0 +1,157 @@
+"""The Gluon forward (kernels/hopper_forward.py) against forward.py and torch's cuDNN and FA2 backends, interleaved.
+
+    python benchmarks/hopper_ab.py --out DIR [--cases d128-mha-s8192-causal,...] [--tiles 128:128x2,128:64x2]
+
+Per case (tune.py's case names, dense only): first each variant's largest difference from forward.py's output
+and the Gluon forward's from the float32 math result on the case's first batch and heads (a wrong kernel is
+reported, not timed), then the forward alone and forward+backward, the variants taking turns round by round
+(their order rotating, every other round reversed: the GPU's speed drifts by 4-8% within a sweep). Variants:
+'triton' (forward.py), 'gluon' (ops.HOPPER_FORWARD_TILES) and one per --tiles entry (head size:key block x ring
+stages), 'sdpa_cudnn', 'sdpa_fa2'. Medians in ms and TFLOP/s (FlashAttention's count: forward 4*b*h*s*s*d, halved
+when causal; backward 2.5x forward). Writes hopper_ab.json and hopper_ab.md. ops.HOPPER_FORWARD stays off by
+default until this says the Gluon forward wins (benchmarks/NOTES.md entry 13).
+"""
+import argparse
+import contextlib
+import json
+import os
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from hf_sdpa.kernels import attention, ops
+from tune import case_runs, parse_case, time_ms
+
+DEFAULT_CASES = ("d128-mha-s8192-causal,d128-mha-s8192-full,d128-gqa-s16384-causal,d128-gqa-s2048-causal,"
+                 "d64-mha-s8192-causal,d64-gqa-s4096-full,d128-gqa-s4096-causal-b2-bshd")
+TORCH = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_fa2": SDPBackend.FLASH_ATTENTION}
+
+
+@contextlib.contextmanager
+def variant(name, d):
+    """ops as the variant runs: the Gluon forward on or off, and its tiles for head size d."""
+    saved = ops.HOPPER_FORWARD, dict(ops.HOPPER_FORWARD_TILES)
+    ops.HOPPER_FORWARD = name.startswith("gluon")
+    if name.startswith("gluon_"):
+        block_n, stages = map(int, name.removeprefix("gluon_").split("x"))
+        ops.HOPPER_FORWARD_TILES[d] = (block_n, stages)
+    try:
+        yield
+    finally:
+        ops.HOPPER_FORWARD, ops.HOPPER_FORWARD_TILES = saved[0], saved[1]
+
+
+def runs(name, case, fwd, fwd_bwd, q, k, v, dout):
+    """(forward, forward+backward) of one variant."""
+    if name not in TORCH:
+        return fwd, fwd_bwd
+
+    def torch_fwd():
+        with sdpa_kernel([TORCH[name]]), torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=case["causal"], enable_gqa=True)
+
+    def torch_fwd_bwd():
+        with sdpa_kernel([TORCH[name]]):
+            F.scaled_dot_product_attention(q, k, v, is_causal=case["causal"], enable_gqa=True).backward(dout)
+    return torch_fwd, torch_fwd_bwd
+
+
+def check(case, q, k, v, names):
+    """Each Gluon variant's largest difference from forward.py and from the float32 math result (first batch,
+    first two query heads)."""
+    with torch.no_grad():
+        with variant("triton", case["d"]):
+            ours = attention(q, k, v, causal=case["causal"])
+        kv_heads = 2 if q.shape[1] == k.shape[1] else 1  # query heads 0 and 1 read key/value head 0 under GQA
+        with sdpa_kernel([SDPBackend.MATH]):
+            exact = F.scaled_dot_product_attention(q[:1, :2].float(), k[:1, :kv_heads].float(),
+                                                   v[:1, :kv_heads].float(), is_causal=case["causal"],
+                                                   enable_gqa=True)
+        diffs = {}
+        for name in names:
+            ran = []
+            ops.LAUNCH_HOOKS.append(lambda kernel, info: ran.append(kernel))
+            try:
+                with variant(name, case["d"]):
+                    out = attention(q, k, v, causal=case["causal"])
+            finally:
+                ops.LAUNCH_HOOKS.pop()
+            diffs[name] = dict(kernel=ran[0] if ran else None,
+                               vs_triton=(out.float() - ours.float()).abs().max().item(),
+                               vs_math=(out[:1, :2].float() - exact).abs().max().item(),
+                               triton_vs_math=(ours[:1, :2].float() - exact).abs().max().item())
+    return diffs
+
+
+def flops(case):
+    fwd = 4 * case["b"] * 32 * case["s"] * case["s"] * case["d"] / (2 if case["causal"] else 1)
+    return fwd, 3.5 * fwd
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="benchmarks/results/local")
+    p.add_argument("--cases", default=DEFAULT_CASES)
+    p.add_argument("--tiles", default="", help="extra Gluon tiles, head size:key block x stages, comma-separated")
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    extra = [t.split(":") for t in a.tiles.split(",") if t]
+    results = []
+    for case_name in a.cases.split(","):
+        case = parse_case(case_name)
+        fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
+        gluons = ["gluon"] + [f"gluon_{tiles}" for d, tiles in extra if int(d) == case["d"]]
+        result = dict(case=case_name, checks=check(case, q, k, v, gluons), fwd_ms={}, fwd_bwd_ms={})
+        names = ["triton"] + [g for g in gluons if result["checks"][g]["kernel"] == "attention_fwd_hopper_kernel"
+                              and result["checks"][g]["vs_math"] <= 4 * result["checks"][g]["triton_vs_math"] + 1e-2]
+        names += list(TORCH)
+        times = {n: ([], []) for n in names}
+        for r in range(a.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in (order if r % 2 == 0 else order[::-1]):
+                f, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
+                with variant(name, case["d"]):
+                    times[name][0].append(time_ms(f, rep=60))
+                    times[name][1].append(time_ms(fb, (q, k, v), rep=60))
+        f_flop, fb_flop = flops(case)
+        for name, (f_ms, fb_ms) in times.items():
+            result["fwd_ms"][name] = statistics.median(f_ms)
+            result["fwd_bwd_ms"][name] = statistics.median(fb_ms)
+        result["fwd_tflops"] = {n: f_flop / ms / 1e9 for n, ms in result["fwd_ms"].items()}
+        result["fwd_bwd_tflops"] = {n: fb_flop / ms / 1e9 for n, ms in result["fwd_bwd_ms"].items()}
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        del q, k, v, dout
+        torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name()
+    with open(os.path.join(a.out, "hopper_ab.json"), "w") as f:
+        json.dump(dict(device=device, rounds=a.rounds, results=results), f, indent=1)
+    lines = [f"# The Gluon forward against forward.py, cuDNN and FA2: {device}", "",
+             f"bf16, medians of {a.rounds} interleaved rounds; TFLOP/s forward / forward+backward.", "",
+             "| case | " + " | ".join(columns(results)) + " |", "|---" * (1 + len(columns(results))) + "|"]
+    for r in results:
+        cells = [f"{r['fwd_tflops'][n]:.0f} / {r['fwd_bwd_tflops'][n]:.0f}" if n in r["fwd_tflops"] else "-"
+                 for n in columns(results)]
+        lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
+    lines += ["", "Checks (largest absolute difference): variant vs forward.py, and vs float32 math next to "
+              "forward.py's.", ""]
+    lines += [f"- {r['case']} {name}: {c['kernel']}, {c['vs_triton']:.2e} vs forward.py, {c['vs_math']:.2e} vs math "
+              f"(forward.py {c['triton_vs_math']:.2e})" for r in results for name, c in r["checks"].items()]
+    with open(os.path.join(a.out, "hopper_ab.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def columns(results):
+    """Column order: every variant any case timed, ours first."""
+    seen = []
+    for r in results:
+        seen += [n for n in r["fwd_ms"] if n not in seen]
+    return seen
+
+
+if __name__ == "__main__":
+    main()

@@ -96,9 +96,8 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def loop_report(compiled) -> dict:
-    """Registers and stack per thread, and per loop body (a backward branch's span, innermost first) the count
-    of each instruction kind."""
+def _disassemble(compiled) -> tuple:
+    """(SASS, resource usage) of a compiled kernel, by the tools Triton ships."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
         with open(cubin, "wb") as f:
@@ -106,21 +105,50 @@ def loop_report(compiled) -> dict:
         sass = subprocess.run([_tool("nvdisasm"), "-c", cubin], capture_output=True, text=True, check=True).stdout
         usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", cubin], capture_output=True,
                                text=True, check=True).stdout
-    resources = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
+    return sass, usage
+
+
+def _loop_bodies(sass: str) -> list:
+    """The instruction lines of each loop body (a backward branch's span), in the order the loops close."""
     lines = sass.splitlines()
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\s*\.?(L_x_\d+):", line))}
-    loops = []
+    bodies = []
     for i, line in enumerate(lines):
         # a loop closes with a predicated branch back; the unpredicated ones return from out-of-line barrier waits
         m = re.search(r"@!?P\d\s+BRA\b[^;]*?(L_x_\d+)", line)
         if m and labels.get(m.group(1), i) < i:
-            kinds = collections.Counter(
-                m.group(1) for body in lines[labels[m.group(1)]:i + 1]
-                if (m := re.search(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", body)))
-            if sum(kinds.values()) > 8:  # not a barrier's wait-and-retry spin
-                loops.append(dict(instructions=sum(kinds.values()), kinds=dict(kinds.most_common())))
+            body = [b for b in lines[labels[m.group(1)]:i + 1] if re.search(r"/\*[0-9a-f]{4,}\*/", b)]
+            if len(body) > 8:  # not a barrier's wait-and-retry spin
+                bodies.append(body)
+    return bodies
+
+
+def loop_report(compiled) -> dict:
+    """Registers and stack per thread, and per loop body (innermost first) the count of each instruction kind."""
+    sass, usage = _disassemble(compiled)
+    resources = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
+    loops = []
+    opcode = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+    for body in _loop_bodies(sass):
+        kinds = collections.Counter(m.group(1) for line in body if (m := opcode.search(line)))
+        loops.append(dict(instructions=sum(kinds.values()), kinds=dict(kinds.most_common())))
     loops.sort(key=lambda lp: lp["instructions"])
     return dict(resources, loops=loops)
+
+
+def exponentials_between_waits(compiled) -> list:
+    """Per loop that issues warpgroup MMAs, the exponentials (MUFU.EX2) between its wait for all but one MMA group
+    and its wait for all of them: the softmax that runs while the last group (the Gluon forward's P V) is in
+    flight. Zero where ptxas put the two waits together."""
+    counts = []
+    for body in _loop_bodies(_disassemble(compiled)[0]):
+        if not any("HGMMA" in line for line in body):
+            continue
+        text = "\n".join(body)
+        one = text.find("DEPBAR.LE gsb0, 0x1")
+        every = text.find("DEPBAR.LE gsb0, 0x0", one) if one >= 0 else -1
+        counts.append(text.count("MUFU.EX2", one, every) if every >= 0 else 0)
+    return counts
 
 
 def main():
@@ -141,7 +169,7 @@ def main():
         compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                    BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                                    CAUSAL=not args.full, TMA=not args.no_tma)
-    report = loop_report(compiled)
+    report = dict(loop_report(compiled), exponentials_between_waits=exponentials_between_waits(compiled))
     if args.json:
         print(json.dumps(report, indent=1))
         return

@@ -135,11 +135,17 @@ def _consumer(q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, st
         acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
         mbarrier.arrive(their_turn, count=1)
         qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
-        m_new, p = _scores(qk, block, offs_m, offset, SKV, qk_scale, m_i, n_full, BLOCK_N, CAUSAL, s_layout)
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        m_i = m_new
-        p_next = gl.convert_layout(p.to(dtype), p_layout)
+        # The softmax sits in a branch that is always taken (SKV >= 1): ptxas schedules the wait for P V below
+        # right after the one above when both share a block, which would leave nothing to overlap
+        # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
+        if SKV > 0:
+            m_new, p = _scores(qk, block, offs_m, offset, SKV, qk_scale, m_i, n_full, BLOCK_N, CAUSAL, s_layout)
+            alpha = gl.exp2(m_i - m_new)
+            l_new = l_i * alpha + gl.sum(p, axis=1)
+            p_next = gl.convert_layout(p.to(dtype), p_layout)
+        else:
+            m_new, l_new, p_next = m_i, l_i, p_op
+        m_i, l_i = m_new, l_new
         acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
         mbarrier.arrive(kv_empty.index(prev), count=1)  # this group is done with block - 1's K and V
         p_op = p_next

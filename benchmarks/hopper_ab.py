@@ -25,7 +25,8 @@ from hf_sdpa.kernels import attention, ops
 from tune import case_runs, parse_case, time_ms
 
 DEFAULT_CASES = ("d128-mha-s8192-causal,d128-mha-s8192-full,d128-gqa-s16384-causal,d128-gqa-s2048-causal,"
-                 "d64-mha-s8192-causal,d64-gqa-s4096-full,d128-gqa-s4096-causal-b2-bshd")
+                 "d64-mha-s8192-causal,d64-gqa-s4096-full,d128-gqa-s4096-causal-b2-bshd,d256-gqa-s8192-causal,"
+                 "d256-mha-s2048-full")
 TORCH = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_fa2": SDPBackend.FLASH_ATTENTION}
 
 

@@ -10,7 +10,7 @@ language, writes the schedule out. One program takes 128 query rows and runs thr
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
   of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
 
-Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64 and 128, causal (aligned to the last
+Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256, causal (aligned to the last
 key) or not, GQA, a positive scale; no padding mask, window, softcap, documents or dropout; with causal no more query
 rows than keys, so that every row sees key 0. Outputs are forward.py's: O, and the row log-sum-exp in log2 units.
 """

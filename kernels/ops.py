@@ -202,7 +202,7 @@ def _on_tensor_device(run):
 # The Gluon forward (hopper_forward.py) for dense inputs on Hopper: off until the device's A/B decides
 # (benchmarks/hopper_ab.py, NOTES.md entry 13). Per head size, its key block and ring depth.
 HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "0") == "1"
-HOPPER_FORWARD_TILES = {64: (128, 3), 128: (128, 2)}
+HOPPER_FORWARD_TILES = {64: (128, 3), 128: (128, 2), 256: (64, 2)}
 
 
 def hopper_forward_fits(q, k, p: Pattern) -> bool:

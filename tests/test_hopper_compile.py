@@ -56,7 +56,7 @@ def test_unmasked_forward_loop_scales_each_score_once():
     assert middle["kinds"]["FMUL"] <= per_thread + 8, middle["kinds"]
 
 
-@pytest.mark.parametrize("head_dim, block_n, stages", [(64, 128, 3), (128, 128, 2)])
+@pytest.mark.parametrize("head_dim, block_n, stages", [(64, 128, 3), (128, 128, 2), (256, 64, 2)])
 def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, stages):
     """kernels/hopper_forward.py at the tiles ops launches: two consumer loops (one per warpgroup) issuing both
     matmuls of a key block with the block's exponentials between the wait for Q K^T and the wait for P V (the

@@ -338,7 +338,8 @@ def dense_pattern(**changes):
     (dict(causal=False), dict(sq=64, skv=32), True),  # bidirectional: more rows than keys is fine
     (dict(), dict(sq=64, skv=32), False),  # causal: the first rows would see no key
     (dict(), dict(dtype=torch.float32), False),
-    (dict(), dict(d=256), False),
+    (dict(), dict(d=256), True),
+    (dict(), dict(d=80), False),
     (dict(), dict(d=96), False),
     (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1)), {}, False),
     (dict(window=8), {}, False),
@@ -398,6 +399,8 @@ HOPPER_CASES = [
     (2, 4, 2, 700, 300, 64, dict()),                          # more rows than keys
     (1, 4, 4, 2048, 2048, 128, dict(causal=True, transposed=True)),  # the model's (B, S, H, D) buffers
     (1, 2, 2, 1, 513, 128, dict(causal=True)),
+    (2, 4, 1, 333, 333, 256, dict(causal=True)),
+    (1, 2, 2, 100, 260, 256, dict()),
 ]
 
 

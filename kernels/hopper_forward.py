@@ -177,6 +177,9 @@ def attention_fwd_hopper_kernel(
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); grid (cdiv(SQ, 128), B * H)."""
+    # A group reads block j's K and block j - 1's V at once: with one stage the loader would wait for a release that
+    # waits for it.
+    gl.static_assert(STAGES >= 2, "the K/V ring needs at least two stages")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)

@@ -2,7 +2,8 @@
 # One device call (under 10 minutes) for benchmarks/NOTES.md entry 13, the Gluon forward's first run: its GPU tests
 # (a hang is cut short by the timeout: the kernel waits on barriers), then hopper_ab.py (correctness check, then the
 # forward and forward+backward against forward.py, sdpa_cudnn and sdpa_fa2, interleaved), with the tiles in TILES
-# beside the default ones. Files under $OUT/r.
+# beside the default ones. Files under $OUT/r. (The model matrix's tiny models have head size 16 and padded
+# batches: the Gluon forward never runs there, so it is not part of this call.)
 OUT=${OUT:-benchmarks/results/local}
 source benchmarks/device_setup.sh "$OUT/r"
 timeout ${TEST_TIMEOUT:-240} python3 -m pytest -v -p no:cacheprovider tests/test_kernels.py -k gluon -x \

@@ -2,6 +2,7 @@
 count the instructions of each loop body by kind, with the registers and stack a thread uses.
 
     python benchmarks/sass_loops.py forward --head-dim 64 [--block-m 64 --block-n 64 --warps 4 --stages 3 --no-tma]
+    python benchmarks/sass_loops.py hopper_forward --head-dim 128 --block-n 128 --stages 2   (the Gluon forward)
 
 Triton ships ptxas and nvdisasm, so this needs no device. The forward, dQ and dK/dV kernels walk their blocks in
 three phases (masked edge, unmasked middle, masked edge, kernels/tiles.py): the middle loop is where a long

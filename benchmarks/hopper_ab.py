@@ -7,7 +7,7 @@ and the Gluon forward's from the float32 math result on the case's first batch a
 reported, not timed), then the forward alone and forward+backward, the variants taking turns round by round
 (their order rotating, every other round reversed: the GPU's speed drifts by 4-8% within a sweep). Variants:
 'triton' (forward.py), 'gluon' (ops.HOPPER_FORWARD_TILES) and one per --tiles entry (head size:key block x ring
-stages), 'sdpa_cudnn', 'sdpa_fa2'. Medians in ms and TFLOP/s (FlashAttention's count: forward 4*b*h*s*s*d, halved
+stages), 'sdpa_cudnn', 'sdpa_fa2' (--rounds 0: the checks only). Medians in ms and TFLOP/s (FlashAttention's count: forward 4*b*h*s*s*d, halved
 when causal; backward 2.5x forward). Writes hopper_ab.json and hopper_ab.md. ops.HOPPER_FORWARD stays off by
 default until this says the Gluon forward wins (benchmarks/NOTES.md entry 13).
 """
@@ -109,6 +109,10 @@ def main():
         names = ["triton"] + [g for g in gluons if result["checks"][g]["kernel"] == "attention_fwd_hopper_kernel"
                               and result["checks"][g]["vs_math"] <= 4 * result["checks"][g]["triton_vs_math"] + 1e-2]
         names += list(TORCH)
+        if a.rounds == 0:  # the checks only
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            continue
         times = {n: ([], []) for n in names}
         for r in range(a.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
@@ -130,12 +134,14 @@ def main():
     device = torch.cuda.get_device_name()
     with open(os.path.join(a.out, "hopper_ab.json"), "w") as f:
         json.dump(dict(device=device, rounds=a.rounds, results=results), f, indent=1)
+    results_timed = [r for r in results if r["fwd_ms"]]
     lines = [f"# The Gluon forward against forward.py, cuDNN and FA2: {device}", "",
              f"bf16, medians of {a.rounds} interleaved rounds; TFLOP/s forward / forward+backward.", "",
-             "| case | " + " | ".join(columns(results)) + " |", "|---" * (1 + len(columns(results))) + "|"]
-    for r in results:
+             "| case | " + " | ".join(columns(results_timed)) + " |",
+             "|---" * (1 + len(columns(results_timed))) + "|"]
+    for r in results_timed:
         cells = [f"{r['fwd_tflops'][n]:.0f} / {r['fwd_bwd_tflops'][n]:.0f}" if n in r["fwd_tflops"] else "-"
-                 for n in columns(results)]
+                 for n in columns(results_timed)]
         lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
     lines += ["", "Checks (largest absolute difference): variant vs forward.py, and vs float32 math next to "
               "forward.py's.", ""]

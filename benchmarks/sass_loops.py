@@ -82,7 +82,7 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
         if p.is_constexpr:
             signature[p.name] = "constexpr"
         elif p.name in rows:
-            block = [1, 1, rows[p.name], head_dim]
+            block = (1, 1, rows[p.name], head_dim)
             signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
         else:
             signature[p.name] = {"O": f"*{dtype}", "Lse": "*fp32", "qk_scale": "fp32"}.get(p.name, "i32")

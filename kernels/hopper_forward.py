@@ -14,6 +14,8 @@ Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 
 key) or not, GQA, a positive scale; no padding mask, window, softcap, documents or dropout; with causal no more query
 rows than keys, so that every row sees key 0. Outputs are forward.py's: O, and the row log-sum-exp in log2 units.
 """
+import functools
+
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
@@ -211,6 +213,8 @@ def attention_fwd_hopper_kernel(
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 
-def shared_layout(block_shape: list, dtype_name: str):
-    """The swizzled shared-memory layout that TMA fills and the warpgroup MMAs read ("float16" or "bfloat16")."""
-    return gl.NVMMASharedLayout.get_default_for(block_shape, getattr(gl, dtype_name))
+@functools.lru_cache(maxsize=None)
+def shared_layout(block_shape: tuple, dtype_name: str):
+    """The swizzled shared-memory layout that TMA fills and the warpgroup MMAs read ("float16" or "bfloat16"); kept
+    per shape, since working it out takes about 10 us, three times a call."""
+    return gl.NVMMASharedLayout.get_default_for(list(block_shape), getattr(gl, dtype_name))

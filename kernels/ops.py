@@ -228,7 +228,7 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     if None in strides:
         return False
     dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[q.dtype]
-    descriptors = [GluonDescriptor(t, list(t.shape), st, [1, 1, rows, D], shared_layout([1, 1, rows, D], dtype))
+    descriptors = [GluonDescriptor(t, list(t.shape), st, [1, 1, rows, D], shared_layout((1, 1, rows, D), dtype))
                    for t, st, rows in zip((q, k, v), strides, (ROWS_PER_GROUP.value, block_n, block_n))]
     attention_fwd_hopper_kernel[(cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H)](
         *descriptors, out, lse, p.scale * LOG2E.value, *out.stride()[:3], H, H // k.shape[1], SQ, SKV,

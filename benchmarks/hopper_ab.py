@@ -2,14 +2,15 @@
 
     python benchmarks/hopper_ab.py --out DIR [--cases d128-mha-s8192-causal,...] [--tiles 128:128x2,128:64x2]
 
-Per case (tune.py's case names, dense only): first each variant's largest difference from forward.py's output
-and the Gluon forward's from the float32 math result on the case's first batch and heads (a wrong kernel is
-reported, not timed), then the forward alone and forward+backward, the variants taking turns round by round
-(their order rotating, every other round reversed: the GPU's speed drifts by 4-8% within a sweep). Variants:
-'triton' (forward.py), 'gluon' (ops.HOPPER_FORWARD_TILES) and one per --tiles entry (head size:key block x ring
-stages), 'sdpa_cudnn', 'sdpa_fa2' (--rounds 0: the checks only). Medians in ms and TFLOP/s (FlashAttention's count: forward 4*b*h*s*s*d, halved
-when causal; backward 2.5x forward). Writes hopper_ab.json and hopper_ab.md. ops.HOPPER_FORWARD stays off by
-default until this says the Gluon forward wins (benchmarks/NOTES.md entry 13).
+Per case (tune.py's case names; with padding or a window no torch backend is timed): first each variant's largest
+difference from forward.py's output and, unmasked, from the float32 math result on the case's first batch and
+heads (a wrong kernel is reported, not timed), then the forward alone and forward+backward, the variants taking
+turns round by round (their order rotating, every other round reversed: the GPU's speed drifts by 4-8% within a
+sweep). Variants: 'triton' (forward.py), 'gluon' (ops.HOPPER_FORWARD_TILES) and one per --tiles entry (head
+size:key block x ring stages), 'sdpa_cudnn', 'sdpa_fa2'; --rounds 0 runs the checks only. Medians in ms, and for
+unmasked cases TFLOP/s (FlashAttention's count: forward 4*b*h*s*s*d, halved when causal; backward 2.5x forward).
+Writes hopper_ab.json and hopper_ab.md. ops.HOPPER_FORWARD stays off by default until this says the Gluon forward
+wins (benchmarks/NOTES.md entry 13).
 """
 import argparse
 import contextlib
@@ -21,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from hf_sdpa.kernels import attention, ops
+from hf_sdpa.kernels import ops
 from tune import case_runs, parse_case, time_ms
 
 DEFAULT_CASES = ("d128-mha-s8192-causal,d128-mha-s8192-full,d128-gqa-s16384-causal,d128-gqa-s2048-causal,"
                  "d64-mha-s8192-causal,d64-gqa-s4096-full,d128-gqa-s4096-causal-b2-bshd,d256-gqa-s8192-causal,"
-                 "d256-mha-s2048-full")
+                 "d256-mha-s2048-full,d128-gqa-s4096-causal-b4-pad,d128-gqa-s4096-causal-b4-w1024")
 TORCH = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_fa2": SDPBackend.FLASH_ATTENTION}
 
 
@@ -59,36 +60,103 @@ def runs(name, case, fwd, fwd_bwd, q, k, v, dout):
     return torch_fwd, torch_fwd_bwd
 
 
-def check(case, q, k, v, names):
-    """Each Gluon variant's largest difference from forward.py and from the float32 math result (first batch,
-    first two query heads)."""
-    with torch.no_grad():
-        with variant("triton", case["d"]):
-            ours = attention(q, k, v, causal=case["causal"])
+def check(case, fwd, q, k, v, names):
+    """Each Gluon variant's largest difference from forward.py and, for unmasked cases, from the float32 math
+    result (first batch, first two query heads)."""
+    with variant("triton", case["d"]):
+        ours = fwd()
+    exact = None
+    if not masked(case):
         kv_heads = 2 if q.shape[1] == k.shape[1] else 1  # query heads 0 and 1 read key/value head 0 under GQA
-        with sdpa_kernel([SDPBackend.MATH]):
+        with sdpa_kernel([SDPBackend.MATH]), torch.no_grad():
             exact = F.scaled_dot_product_attention(q[:1, :2].float(), k[:1, :kv_heads].float(),
                                                    v[:1, :kv_heads].float(), is_causal=case["causal"],
                                                    enable_gqa=True)
-        diffs = {}
-        for name in names:
-            ran = []
-            ops.LAUNCH_HOOKS.append(lambda kernel, info: ran.append(kernel))
-            try:
-                with variant(name, case["d"]):
-                    out = attention(q, k, v, causal=case["causal"])
-            finally:
-                ops.LAUNCH_HOOKS.pop()
-            diffs[name] = dict(kernel=ran[0] if ran else None,
-                               vs_triton=(out.float() - ours.float()).abs().max().item(),
-                               vs_math=(out[:1, :2].float() - exact).abs().max().item(),
+    diffs = {}
+    for name in names:
+        ran = []
+        ops.LAUNCH_HOOKS.append(lambda kernel, info: ran.append(kernel))
+        try:
+            with variant(name, case["d"]):
+                out = fwd()
+        finally:
+            ops.LAUNCH_HOOKS.pop()
+        diffs[name] = dict(kernel=ran[0] if ran else None, vs_triton=(out.float() - ours.float()).abs().max().item())
+        if exact is not None:
+            diffs[name].update(vs_math=(out[:1, :2].float() - exact).abs().max().item(),
                                triton_vs_math=(ours[:1, :2].float() - exact).abs().max().item())
     return diffs
+
+
+def masked(case):
+    return bool(case["pad"] or case["window"] or case["softcap"] or case["documents"])
+
+
+def correct(c):
+    """A variant that ran the Gluon kernel and is as close to float32 math as forward.py is (or, for masked cases,
+    as close to forward.py as bf16 rounding allows)."""
+    if c["kernel"] != "attention_fwd_hopper_kernel":
+        return False
+    if "vs_math" in c:
+        return c["vs_math"] <= 4 * c["triton_vs_math"] + 1e-2
+    return c["vs_triton"] <= 3e-2
 
 
 def flops(case):
     fwd = 4 * case["b"] * 32 * case["s"] * case["s"] * case["d"] / (2 if case["causal"] else 1)
     return fwd, 3.5 * fwd
+
+
+def measure(case_name, extra_tiles, rounds):
+    """One case: the checks, then (rounds > 0) the timings of the variants that passed them and torch's."""
+    case = parse_case(case_name)
+    fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
+    gluons = ["gluon"] + [f"gluon_{tiles}" for d, tiles in extra_tiles if int(d) == case["d"]]
+    result = dict(case=case_name, checks=check(case, fwd, q, k, v, gluons), fwd_ms={}, fwd_bwd_ms={})
+    names = ["triton"] + [g for g in gluons if correct(result["checks"][g])]
+    names += [] if masked(case) else list(TORCH)  # sdpa_fa2 refuses masks, sdpa_cudnn takes them as a bias
+    times = {n: ([], []) for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in (order if r % 2 == 0 else order[::-1]):
+            f, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
+            with variant(name, case["d"]):
+                times[name][0].append(time_ms(f, rep=60))
+                times[name][1].append(time_ms(fb, (q, k, v), rep=60))
+    if rounds:
+        f_flop, fb_flop = flops(case)
+        for name, (f_ms, fb_ms) in times.items():
+            result["fwd_ms"][name] = statistics.median(f_ms)
+            result["fwd_bwd_ms"][name] = statistics.median(fb_ms)
+        result["fwd_tflops"] = {n: f_flop / ms / 1e9 for n, ms in result["fwd_ms"].items()}
+        result["fwd_bwd_tflops"] = {n: fb_flop / ms / 1e9 for n, ms in result["fwd_bwd_ms"].items()}
+    return result
+
+
+def cell(result, name):
+    """forward / forward+backward: TFLOP/s, or ms for masked cases (their FLOP count is not the dense one)."""
+    if name not in result["fwd_ms"]:
+        return "-"
+    if masked(parse_case(result["case"])):
+        return f"{result['fwd_ms'][name]:.3f} / {result['fwd_bwd_ms'][name]:.3f}"
+    return f"{result['fwd_tflops'][name]:.0f} / {result['fwd_bwd_tflops'][name]:.0f}"
+
+
+def markdown(results, device, rounds):
+    timed = [r for r in results if r["fwd_ms"]]
+    names = []
+    for r in timed:  # every variant any case timed, ours first
+        names += [n for n in r["fwd_ms"] if n not in names]
+    lines = [f"# The Gluon forward against forward.py, cuDNN and FA2: {device}", "",
+             f"bf16, medians of {rounds} interleaved rounds; forward / forward+backward in TFLOP/s (masked cases: "
+             "ms).", "", "| case | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+    lines += [f"| {r['case']} | " + " | ".join(cell(r, n) for n in names) + " |" for r in timed]
+    lines += ["", "Checks (largest absolute difference): each Gluon variant against forward.py, and for unmasked "
+              "cases against float32 math next to forward.py's.", ""]
+    lines += [f"- {r['case']} {name}: {c['kernel']}, {c['vs_triton']:.2e} vs forward.py"
+              + (f", {c['vs_math']:.2e} vs math (forward.py {c['triton_vs_math']:.2e})" if "vs_math" in c else "")
+              for r in results for name, c in r["checks"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -102,62 +170,16 @@ def main():
     extra = [t.split(":") for t in a.tiles.split(",") if t]
     results = []
     for case_name in a.cases.split(","):
-        case = parse_case(case_name)
-        fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
-        gluons = ["gluon"] + [f"gluon_{tiles}" for d, tiles in extra if int(d) == case["d"]]
-        result = dict(case=case_name, checks=check(case, q, k, v, gluons), fwd_ms={}, fwd_bwd_ms={})
-        names = ["triton"] + [g for g in gluons if result["checks"][g]["kernel"] == "attention_fwd_hopper_kernel"
-                              and result["checks"][g]["vs_math"] <= 4 * result["checks"][g]["triton_vs_math"] + 1e-2]
-        names += list(TORCH)
-        if a.rounds == 0:  # the checks only
-            results.append(result)
-            print(json.dumps(result), flush=True)
-            continue
-        times = {n: ([], []) for n in names}
-        for r in range(a.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in (order if r % 2 == 0 else order[::-1]):
-                f, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
-                with variant(name, case["d"]):
-                    times[name][0].append(time_ms(f, rep=60))
-                    times[name][1].append(time_ms(fb, (q, k, v), rep=60))
-        f_flop, fb_flop = flops(case)
-        for name, (f_ms, fb_ms) in times.items():
-            result["fwd_ms"][name] = statistics.median(f_ms)
-            result["fwd_bwd_ms"][name] = statistics.median(fb_ms)
-        result["fwd_tflops"] = {n: f_flop / ms / 1e9 for n, ms in result["fwd_ms"].items()}
-        result["fwd_bwd_tflops"] = {n: fb_flop / ms / 1e9 for n, ms in result["fwd_bwd_ms"].items()}
-        results.append(result)
-        print(json.dumps(result), flush=True)
-        del q, k, v, dout
+        results.append(measure(case_name, extra, a.rounds))
+        print(json.dumps(results[-1]), flush=True)
         torch.cuda.empty_cache()
     device = torch.cuda.get_device_name()
     with open(os.path.join(a.out, "hopper_ab.json"), "w") as f:
         json.dump(dict(device=device, rounds=a.rounds, results=results), f, indent=1)
-    results_timed = [r for r in results if r["fwd_ms"]]
-    lines = [f"# The Gluon forward against forward.py, cuDNN and FA2: {device}", "",
-             f"bf16, medians of {a.rounds} interleaved rounds; TFLOP/s forward / forward+backward.", "",
-             "| case | " + " | ".join(columns(results_timed)) + " |",
-             "|---" * (1 + len(columns(results_timed))) + "|"]
-    for r in results_timed:
-        cells = [f"{r['fwd_tflops'][n]:.0f} / {r['fwd_bwd_tflops'][n]:.0f}" if n in r["fwd_tflops"] else "-"
-                 for n in columns(results_timed)]
-        lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
-    lines += ["", "Checks (largest absolute difference): variant vs forward.py, and vs float32 math next to "
-              "forward.py's.", ""]
-    lines += [f"- {r['case']} {name}: {c['kernel']}, {c['vs_triton']:.2e} vs forward.py, {c['vs_math']:.2e} vs math "
-              f"(forward.py {c['triton_vs_math']:.2e})" for r in results for name, c in r["checks"].items()]
+    text = markdown(results, device, a.rounds)
     with open(os.path.join(a.out, "hopper_ab.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def columns(results):
-    """Column order: every variant any case timed, ours first."""
-    seen = []
-    for r in results:
-        seen += [n for n in r["fwd_ms"] if n not in seen]
-    return seen
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

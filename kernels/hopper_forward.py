@@ -1,4 +1,4 @@
-"""The dense forward on Hopper in Gluon, scheduled as FlashAttention-3 schedules it (Shah et al., 2024).
+"""The forward on Hopper in Gluon, scheduled as FlashAttention-3 schedules it (Shah et al., 2024).
 
 Triton's `tl.dot` cannot say which warps run the matmuls while others run the softmax: two programs per SM interleave
 as the warp schedulers happen to pick them (benchmarks/NOTES.md entries 4 and 8). Gluon, Triton's lower-level
@@ -11,8 +11,9 @@ language, writes the schedule out. One program takes 128 query rows and runs thr
   of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
 
 Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256, causal (aligned to the last
-key) or not, GQA, a positive scale; no padding mask, window, softcap, documents or dropout; with causal no more query
-rows than keys, so that every row sees key 0. Outputs are forward.py's: O, and the row log-sum-exp in log2 units.
+key) or not, GQA, a positive scale, a padding mask that leaves one range of keys per batch row, a sliding window; no
+softcap, masks with gaps, packed documents or dropout. Outputs are forward.py's: O, and the row log-sum-exp in log2
+units (zeros and +inf for a row that sees no key).
 """
 import functools
 
@@ -35,54 +36,80 @@ def _load_block(desc, b, head, start, bar, dest):
 
 
 @gluon.jit
-def _key_blocks(SQ, SKV, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    """The program's query block and the number of key blocks its rows see (the same for all three partitions)."""
+def _key_range(problem, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
+               HAS_WINDOW: gl.constexpr):
+    """The program's first query row, its batch, and the key blocks [n_begin, n_begin + n_blocks) that some row of
+    its 128 sees: the same in all three partitions, which is what keeps their barriers in step."""
+    _, _, _, _, _, KvLo, KvHi, _, window, _, _, _, H, _, SQ, SKV = problem
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
     start_m = (gl.num_programs(0) - 1 - gl.program_id(0)) * (2 * ROWS_PER_GROUP)
-    n_end = gl.cdiv(SKV, BLOCK_N)
+    b = gl.program_id(1) // H
+    lo, hi = _padding(KvLo, KvHi, b, SKV, HAS_PADDING)
     if CAUSAL:
-        n_end = gl.minimum(start_m + 2 * ROWS_PER_GROUP - 1 + SKV - SQ, SKV - 1) // BLOCK_N + 1
-    return start_m, n_end
+        hi = gl.minimum(hi, gl.minimum(start_m + 2 * ROWS_PER_GROUP, SQ) + SKV - SQ)
+    if HAS_WINDOW:
+        lo = gl.maximum(lo, start_m + SKV - SQ - window + 1)
+    lo = gl.maximum(lo, 0)
+    n_begin = lo // BLOCK_N
+    return start_m, b, n_begin, gl.where(hi > lo, gl.cdiv(hi, BLOCK_N) - n_begin, 0)
 
 
 @gluon.jit
-def _loader(q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
-            q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
-            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+def _padding(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
+    """Batch b's keys [lo, hi) that a padding mask leaves."""
+    if HAS_PADDING:
+        return gl.load(KvLo + b), gl.load(KvHi + b)
+    return 0, SKV
+
+
+@gluon.jit
+def _loader(problem, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr):
     """One warp: K and V blocks into the ring, a stage refilled once both consumers have released it."""
-    start_m, n_end = _key_blocks(SQ, SKV, BLOCK_N, CAUSAL)
-    bh = gl.program_id(1)
-    b = bh // H
-    hk = (bh % H) // GROUP
-    for block in range(n_end):
-        stage = block % STAGES
-        mbarrier.wait(kv_empty.index(stage), ((block // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
-        _load_block(k_desc, b, hk, block * BLOCK_N, k_ready.index(stage), k_ring.index(stage))
-        _load_block(v_desc, b, hk, block * BLOCK_N, v_ready.index(stage), v_ring.index(stage))
+    _, k_desc, v_desc, _, _, _, _, _, _, _, _, _, H, GROUP, _, _ = problem
+    _, k_ring, v_ring, _, k_ready, v_ready, kv_empty, _ = bufs
+    start_m, b, n_begin, n_blocks = _key_range(problem, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW)
+    hk = (gl.program_id(1) % H) // GROUP
+    for i in range(n_blocks):  # the i-th block goes to stage i % STAGES, its (i // STAGES)-th use
+        stage = i % STAGES
+        mbarrier.wait(kv_empty.index(stage), ((i // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+        start_n = (n_begin + i) * BLOCK_N
+        _load_block(k_desc, b, hk, start_n, k_ready.index(stage), k_ring.index(stage))
+        _load_block(v_desc, b, hk, start_n, v_ready.index(stage), v_ring.index(stage))
 
 
 @gluon.jit
-def _scores(qk, block, offs_m, offset, SKV, qk_scale, m_i, n_full,
-            BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, s_layout: gl.constexpr):
-    """The block's new row maxima and exponentials (log2 domain, the scale folded into the exponent's FFMA). Blocks
-    from n_full on hold keys some row must not see (past its diagonal or past the last key): those go to -inf."""
-    if block >= n_full:
-        offs_n = block * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        keep = offs_n[None, :] < SKV
+def _scores(qk, start_n, offs_m, qk_scale, m_i, rows,
+            BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr, s_layout: gl.constexpr):
+    """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials (log2
+    domain, the scale folded into the exponent's FFMA). rows = (lo, hi, full_lo, full_hi, offset, window): keys
+    outside [full_lo, full_hi) are hidden from some row of the group (past its diagonal, outside its window, padding,
+    past the last key), so a block reaching out of it is masked first; a row that has seen no key yet keeps -inf as
+    its maximum and takes exponentials against 0 (they are all 0)."""
+    lo, hi, full_lo, full_hi, offset, window = rows
+    if (start_n < full_lo) | (start_n + BLOCK_N > full_hi):
+        offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        keep = (offs_n[None, :] >= lo) & (offs_n[None, :] < hi)
         if CAUSAL:
             keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
+        if HAS_WINDOW:
+            keep = keep & (offs_n[None, :] > offs_m[:, None] + offset - window)
         qk = gl.where(keep, qk, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
-    p = gl.exp2(qk * qk_scale - m_new[:, None])
-    return m_new, p
+        m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+        m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+        m_ref = m_new
+    return m_new, m_ref, gl.exp2(qk * qk_scale - m_ref[:, None])
 
 
 @gluon.jit
-def _consumer(q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
-              q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
-              HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-              GROUP_ID: gl.constexpr):
-    """One warpgroup: 64 query rows against every key block, its matmuls issued in turns with the other group."""
+def _consumer(problem, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, GROUP_ID: gl.constexpr):
+    """One warpgroup: 64 query rows against the program's key blocks, its matmuls issued in turns with the other
+    group's."""
+    q_desc, _, _, O, Lse, KvLo, KvHi, qk_scale, window, stride_ob, stride_oh, stride_om, H, _, SQ, SKV = problem
+    q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn = bufs
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -94,91 +121,105 @@ def _consumer(q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, st
     my_turn = turn.index(GROUP_ID)
     their_turn = turn.index(1 - GROUP_ID)
 
-    start_m, n_end = _key_blocks(SQ, SKV, BLOCK_N, CAUSAL)
+    start_m, b, n_begin, n_blocks = _key_range(problem, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW)
     start_m += GROUP_ID * ROWS_PER_GROUP
     bh = gl.program_id(1)
-    b = bh // H
     h = bh % H
-    offset = SKV - SQ
-    n_full = SKV // BLOCK_N  # blocks before n_full hold only keys that every row of the group sees
-    if CAUSAL:
-        n_full = gl.minimum(n_full, (start_m + offset + 1) // BLOCK_N)
-
-    q_buf = q_smem.index(GROUP_ID)
-    _load_block(q_desc, b, h, start_m, q_ready.index(GROUP_ID), q_buf)
-    q = q_buf.reshape([ROWS_PER_GROUP, HEAD_DIM])
     offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
-    s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_N], gl.float32, s_layout)
-    mbarrier.wait(q_ready.index(GROUP_ID), 0)
-
-    # Block 0 alone: its scores start the row maxima (every row sees key 0, so they are finite).
-    mbarrier.wait(my_turn, 0)
-    mbarrier.wait(k_ready.index(0), 0)
-    qk = warpgroup_mma(q, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero, use_acc=False,
-                       is_async=True)
-    mbarrier.arrive(their_turn, count=1)
-    qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
-    m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
-    m_i, p = _scores(qk, 0, offs_m, offset, SKV, qk_scale, m_i, n_full, BLOCK_N, CAUSAL, s_layout)
-    l_i = gl.sum(p, axis=1)
-    p_op = gl.convert_layout(p.to(dtype), p_layout)
     acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
-    alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
+    m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
+    l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
+    if n_blocks > 0:
+        offset = SKV - SQ
+        lo, hi = _padding(KvLo, KvHi, b, SKV, HAS_PADDING)
+        full_lo = lo
+        full_hi = hi
+        if CAUSAL:
+            full_hi = gl.minimum(full_hi, start_m + offset + 1)
+        if HAS_WINDOW:
+            full_lo = gl.maximum(full_lo, gl.minimum(start_m + ROWS_PER_GROUP, SQ) - 1 + offset - window + 1)
+        rows = (lo, hi, full_lo, full_hi, offset, window)
 
-    for block in range(1, n_end):
-        stage = block % STAGES
-        prev = (block - 1) % STAGES
-        mbarrier.wait(my_turn, block & 1)
-        mbarrier.wait(k_ready.index(stage), (block // STAGES) & 1)
-        qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
-                           use_acc=False, is_async=True)
-        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to block - 1's maxima while S_j runs
-        mbarrier.wait(v_ready.index(prev), ((block - 1) // STAGES) & 1)
-        acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+        q_buf = q_smem.index(GROUP_ID)
+        _load_block(q_desc, b, h, start_m, q_ready.index(GROUP_ID), q_buf)
+        q = q_buf.reshape([ROWS_PER_GROUP, HEAD_DIM])
+        s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_N], gl.float32, s_layout)
+        mbarrier.wait(q_ready.index(GROUP_ID), 0)
+
+        # The first block alone: its scores start the row maxima.
+        mbarrier.wait(my_turn, 0)
+        mbarrier.wait(k_ready.index(0), 0)
+        qk = warpgroup_mma(q, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero, use_acc=False,
+                           is_async=True)
         mbarrier.arrive(their_turn, count=1)
-        qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
-        # The softmax sits in a branch that is always taken (SKV >= 1): ptxas schedules the wait for P V below
-        # right after the one above when both share a block, which would leave nothing to overlap
-        # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
-        if SKV > 0:
-            m_new, p = _scores(qk, block, offs_m, offset, SKV, qk_scale, m_i, n_full, BLOCK_N, CAUSAL, s_layout)
-            alpha = gl.exp2(m_i - m_new)
-            l_new = l_i * alpha + gl.sum(p, axis=1)
-            p_next = gl.convert_layout(p.to(dtype), p_layout)
-        else:
-            m_new, l_new, p_next = m_i, l_i, p_op
-        m_i, l_i = m_new, l_new
-        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
-        mbarrier.arrive(kv_empty.index(prev), count=1)  # this group is done with block - 1's K and V
-        p_op = p_next
+        qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
+        m_i, m_ref, p = _scores(qk, n_begin * BLOCK_N, offs_m, qk_scale, m_i, rows, BLOCK_N, CAUSAL, HAS_WINDOW,
+                                s_layout)
+        l_i = gl.sum(p, axis=1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
 
-    last = n_end - 1
-    mbarrier.wait(my_turn, n_end & 1)
-    acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
-    mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
-    acc = warpgroup_mma(p_op, v_ring.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-    mbarrier.arrive(their_turn, count=1)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-    mbarrier.arrive(kv_empty.index(last % STAGES), count=1)
+        for i in range(1, n_blocks):
+            stage = i % STAGES
+            prev = (i - 1) % STAGES
+            mbarrier.wait(my_turn, i & 1)
+            mbarrier.wait(k_ready.index(stage), (i // STAGES) & 1)
+            qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
+                               use_acc=False, is_async=True)
+            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to the previous maxima while S_j runs
+            mbarrier.wait(v_ready.index(prev), ((i - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+            mbarrier.arrive(their_turn, count=1)
+            qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
+            # The softmax sits in a branch that is always taken (SKV >= 1): ptxas schedules the wait for P V below
+            # right after the one above when both share a block, which would leave nothing to overlap
+            # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
+            if SKV > 0:
+                m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, qk_scale, m_i, rows, BLOCK_N, CAUSAL,
+                                          HAS_WINDOW, s_layout)
+                alpha = gl.exp2(m_i - m_ref)
+                l_new = l_i * alpha + gl.sum(p, axis=1)
+                p_next = gl.convert_layout(p.to(dtype), p_layout)
+            else:
+                m_new, l_new, p_next = m_i, l_i, p_op
+            m_i, l_i = m_new, l_new
+            acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+            mbarrier.arrive(kv_empty.index(prev), count=1)  # this group is done with the previous block's K and V
+            p_op = p_next
 
-    out = acc * (1.0 / gl.convert_layout(l_i, rows_o))[:, None]
-    rows = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_o)
+        last = (n_blocks - 1) % STAGES
+        mbarrier.wait(my_turn, n_blocks & 1)
+        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+        mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+        mbarrier.arrive(their_turn, count=1)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(kv_empty.index(last), count=1)
+
+    # A row that saw no key (all padding, or above the diagonal when there are more rows than keys): zeros, and an
+    # LSE of +inf, as forward.py writes them.
+    empty = l_i == 0.0
+    out = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), rows_o)[:, None]
+    rows_out = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_o)
     cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows[:, None] * stride_om
+    o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_out[:, None] * stride_om
               + cols[None, :])
-    gl.store(o_ptrs, out.to(dtype), mask=rows[:, None] < SQ)
-    gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, m_i + gl.log2(l_i), mask=offs_m < SQ)
+    gl.store(o_ptrs, out.to(dtype), mask=rows_out[:, None] < SQ)
+    lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
+    gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, lse, mask=offs_m < SQ)
 
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
-        q_desc, k_desc, v_desc, O, Lse, qk_scale,
+        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, qk_scale, window,
         stride_ob, stride_oh, stride_om,
         H, GROUP, SQ, SKV,
-        HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+        HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
-    (B, HK, SKV, D); grid (cdiv(SQ, 128), B * H)."""
+    (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); window the
+    sliding window in keys (with HAS_WINDOW); grid (cdiv(SQ, 128), B * H)."""
     # A group reads block j's K and block j - 1's V at once: with one stage the loader would wait for a release that
     # waits for it.
     gl.static_assert(STAGES >= 2, "the K/V ring needs at least two stages")
@@ -200,16 +241,13 @@ def attention_fwd_hopper_kernel(
         mbarrier.init(kv_empty.index(i), count=2)  # both consumer groups release a stage
     mbarrier.arrive(turn.index(0), count=1)  # group 0 issues first
 
+    problem = (q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, qk_scale, window, stride_ob, stride_oh, stride_om,
+               H, GROUP, SQ, SKV)
+    bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn)
     gl.warp_specialize([
-        (_consumer, (q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
-                     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
-                     HEAD_DIM, BLOCK_N, STAGES, CAUSAL, 0)),
-        (_consumer, (q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
-                     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
-                     HEAD_DIM, BLOCK_N, STAGES, CAUSAL, 1)),
-        (_loader, (q_desc, k_desc, v_desc, O, Lse, qk_scale, stride_ob, stride_oh, stride_om, H, GROUP, SQ, SKV,
-                   q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn,
-                   HEAD_DIM, BLOCK_N, STAGES, CAUSAL)),
+        (_consumer, (problem, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, 0)),
+        (_consumer, (problem, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, 1)),
+        (_loader, (problem, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 

@@ -56,15 +56,17 @@ def test_unmasked_forward_loop_scales_each_score_once():
     assert middle["kinds"]["FMUL"] <= per_thread + 8, middle["kinds"]
 
 
-@pytest.mark.parametrize("head_dim, block_n, stages", [(64, 128, 3), (128, 128, 2), (256, 64, 2)])
-def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, stages):
+@pytest.mark.parametrize("head_dim, block_n, stages, masks", [(64, 128, 3, False), (128, 128, 2, False),
+                                                             (256, 64, 2, False), (128, 128, 2, True)])
+def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, stages, masks):
     """kernels/hopper_forward.py at the tiles ops launches: two consumer loops (one per warpgroup) issuing both
     matmuls of a key block with the block's exponentials between the wait for Q K^T and the wait for P V (the
     overlap inside a warpgroup, which ptxas removes unless the softmax sits in its own branch), a loader loop
     issuing TMA copies, and no register spills in the loops under the partitions' register budgets."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), "hopper_forward", "--head-dim",
-                          str(head_dim), "--block-n", str(block_n), "--stages", str(stages), "--json"], env=env,
+                          str(head_dim), "--block-n", str(block_n), "--stages", str(stages), "--json"]
+                         + ["--masks"] * masks, env=env,
                          capture_output=True, text=True, timeout=600)
     if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):
         pytest.skip(f"this Triton cannot assemble or disassemble for sm90 here: {run.stderr[-300:]}")

@@ -335,21 +335,21 @@ def dense_pattern(**changes):
 
 @pytest.mark.parametrize("changes, shapes, fits", [
     (dict(), {}, True),
-    (dict(causal=False), dict(sq=64, skv=32), True),  # bidirectional: more rows than keys is fine
-    (dict(), dict(sq=64, skv=32), False),  # causal: the first rows would see no key
+    (dict(causal=False), dict(sq=64, skv=32), True),
+    (dict(), dict(sq=64, skv=32), True),  # causal: the first rows see no key
     (dict(), dict(dtype=torch.float32), False),
     (dict(), dict(d=256), True),
     (dict(), dict(d=80), False),
-    (dict(), dict(d=96), False),
-    (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1)), {}, False),
-    (dict(window=8), {}, False),
+    (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1)), {}, True),  # padding: one range of keys per batch row
+    (dict(window=8), {}, True),
+    (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1), key_keep=torch.ones(1, 32), holes=torch.ones(1)), {}, False),
     (dict(softcap=30.0), {}, False),
     (dict(documents=torch.zeros(1, 2, 16)), {}, False),
     (dict(dropout_p=0.1), {}, False),
     (dict(scale=-0.1), {}, False),
     (dict(scale=0.0), {}, False),
 ], ids=lambda x: repr(x) if isinstance(x, bool) else None)
-def test_the_gluon_forward_takes_dense_inputs_only(changes, shapes, fits):
+def test_the_gluon_forward_scope(changes, shapes, fits):
     """ops.hopper_forward_fits: the Gluon forward's scope (kernels/hopper_forward.py), everything else goes to
     forward.py."""
     shape = {**dict(sq=16, skv=32, d=128, dtype=torch.bfloat16), **shapes}
@@ -384,13 +384,14 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
     assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128]]
     assert args["q_desc"].strides == list(q.stride()) and args["k_desc"].base is k
     assert args["O"] is out and args["Lse"] is lse and args["qk_scale"] == pytest.approx(0.125 * 1.4426950408889634)
+    assert not args["HAS_PADDING"] and not args["HAS_WINDOW"] and args["window"] == 0
     assert (args["stride_ob"], args["stride_oh"], args["stride_om"]) == out.stride()[:3]
     assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 300, 300)
     assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (128, 128, 2, True)
 
 
 HOPPER_CASES = [
-    # b, h, hk, sq, skv, d, options: dense inputs, lengths off the 128-row and key blocks
+    # b, h, hk, sq, skv, d, options: lengths off the 128-row and key blocks
     (2, 8, 2, 1000, 1000, 128, dict(causal=True)),
     (2, 8, 8, 4097, 4097, 64, dict(causal=True)),
     (1, 4, 1, 300, 300, 128, dict()),                        # MQA, bidirectional
@@ -401,6 +402,11 @@ HOPPER_CASES = [
     (1, 2, 2, 1, 513, 128, dict(causal=True)),
     (2, 4, 1, 333, 333, 256, dict(causal=True)),
     (1, 2, 2, 100, 260, 256, dict()),
+    (3, 4, 2, 700, 700, 128, dict(causal=True, padding="left")),   # the left-padded rows see no key
+    (3, 4, 2, 300, 300, 64, dict(padding="right")),
+    (2, 4, 2, 1000, 1000, 128, dict(causal=True, window=130)),
+    (3, 4, 1, 500, 500, 256, dict(causal=True, window=70, padding="left")),
+    (2, 4, 2, 300, 100, 128, dict(causal=True)),                   # more rows than keys: the first rows see none
 ]
 
 

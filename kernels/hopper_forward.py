@@ -11,8 +11,8 @@ language, writes the schedule out. One program takes 128 query rows and runs thr
   of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
 
 Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256, causal (aligned to the last
-key) or not, GQA, a positive scale, a padding mask that leaves one range of keys per batch row, a sliding window; no
-softcap, masks with gaps, packed documents or dropout. Outputs are forward.py's: O, and the row log-sum-exp in log2
+key) or not, GQA, a positive scale, a padding mask that leaves one range of keys per batch row, a sliding window,
+logit softcapping; no masks with gaps, packed documents or dropout. Outputs are forward.py's: O, and the row log-sum-exp in log2
 units (zeros and +inf for a row that sees no key).
 """
 import functools
@@ -36,11 +36,12 @@ def _load_block(desc, b, head, start, bar, dest):
 
 
 @gluon.jit
-def _key_range(problem, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
+def _key_range(shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
                HAS_WINDOW: gl.constexpr):
     """The program's first query row, its batch, and the key blocks [n_begin, n_begin + n_blocks) that some row of
     its 128 sees: the same in all three partitions, which is what keeps their barriers in step."""
-    _, _, _, _, _, KvLo, KvHi, _, window, _, _, _, H, _, SQ, SKV = problem
+    H, _, SQ, SKV = shape
+    KvLo, KvHi, window = mask
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
     start_m = (gl.num_programs(0) - 1 - gl.program_id(0)) * (2 * ROWS_PER_GROUP)
     b = gl.program_id(1) // H
@@ -63,12 +64,13 @@ def _padding(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
 
 
 @gluon.jit
-def _loader(problem, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+def _loader(io, shape, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr):
     """One warp: K and V blocks into the ring, a stage refilled once both consumers have released it."""
-    _, k_desc, v_desc, _, _, _, _, _, _, _, _, _, H, GROUP, _, _ = problem
+    _, k_desc, v_desc, _, _, _, _, _ = io
+    H, GROUP, _, _ = shape
     _, k_ring, v_ring, _, k_ready, v_ready, kv_empty, _ = bufs
-    start_m, b, n_begin, n_blocks = _key_range(problem, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW)
+    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW)
     hk = (gl.program_id(1) % H) // GROUP
     for i in range(n_blocks):  # the i-th block goes to stage i % STAGES, its (i // STAGES)-th use
         stage = i % STAGES
@@ -79,13 +81,20 @@ def _loader(problem, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: 
 
 
 @gluon.jit
-def _scores(qk, start_n, offs_m, qk_scale, m_i, rows,
-            BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr, s_layout: gl.constexpr):
-    """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials (log2
-    domain, the scale folded into the exponent's FFMA). rows = (lo, hi, full_lo, full_hi, offset, window): keys
-    outside [full_lo, full_hi) are hidden from some row of the group (past its diagonal, outside its window, padding,
-    past the last key), so a block reaching out of it is masked first; a row that has seen no key yet keeps -inf as
-    its maximum and takes exponentials against 0 (they are all 0)."""
+def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+            HAS_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr, s_layout: gl.constexpr):
+    """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials, in the log2
+    domain. score = (qk_scale, tanh_scale, cap_log2): without softcap the scale rides on the exponent's FFMA; with
+    it the scores are cap_log2 * tanh(qk * tanh_scale) through the hardware tanh (16-bit inputs only reach here).
+    rows = (lo, hi, full_lo, full_hi, offset, window): keys outside [full_lo, full_hi) are hidden from some row of the
+    group (past its diagonal, outside its window, padding, past the last key), so a block reaching out of it is
+    masked first; a row that has seen no key yet keeps -inf as its maximum and takes exponentials against 0 (they
+    are all 0)."""
+    qk_scale, tanh_scale, cap_log2 = score
+    if SOFTCAP:
+        qk = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [qk * tanh_scale], dtype=gl.float32,
+                                       is_pure=True, pack=1) * cap_log2
+        qk_scale = 1.0
     lo, hi, full_lo, full_hi, offset, window = rows
     if (start_n < full_lo) | (start_n + BLOCK_N > full_hi):
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
@@ -104,11 +113,14 @@ def _scores(qk, start_n, offs_m, qk_scale, m_i, rows,
 
 
 @gluon.jit
-def _consumer(problem, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, GROUP_ID: gl.constexpr):
+def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr,
+              GROUP_ID: gl.constexpr):
     """One warpgroup: 64 query rows against the program's key blocks, its matmuls issued in turns with the other
     group's."""
-    q_desc, _, _, O, Lse, KvLo, KvHi, qk_scale, window, stride_ob, stride_oh, stride_om, H, _, SQ, SKV = problem
+    q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
+    H, _, SQ, SKV = shape
+    KvLo, KvHi, window = mask
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn = bufs
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -121,7 +133,7 @@ def _consumer(problem, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAG
     my_turn = turn.index(GROUP_ID)
     their_turn = turn.index(1 - GROUP_ID)
 
-    start_m, b, n_begin, n_blocks = _key_range(problem, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW)
+    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW)
     start_m += GROUP_ID * ROWS_PER_GROUP
     bh = gl.program_id(1)
     h = bh % H
@@ -153,8 +165,8 @@ def _consumer(problem, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAG
                            is_async=True)
         mbarrier.arrive(their_turn, count=1)
         qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
-        m_i, m_ref, p = _scores(qk, n_begin * BLOCK_N, offs_m, qk_scale, m_i, rows, BLOCK_N, CAUSAL, HAS_WINDOW,
-                                s_layout)
+        m_i, m_ref, p = _scores(qk, n_begin * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL, HAS_WINDOW,
+                                SOFTCAP, s_layout)
         l_i = gl.sum(p, axis=1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
@@ -175,8 +187,8 @@ def _consumer(problem, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAG
             # right after the one above when both share a block, which would leave nothing to overlap
             # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
             if SKV > 0:
-                m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, qk_scale, m_i, rows, BLOCK_N, CAUSAL,
-                                          HAS_WINDOW, s_layout)
+                m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL,
+                                          HAS_WINDOW, SOFTCAP, s_layout)
                 alpha = gl.exp2(m_i - m_ref)
                 l_new = l_i * alpha + gl.sum(p, axis=1)
                 p_next = gl.convert_layout(p.to(dtype), p_layout)
@@ -211,15 +223,16 @@ def _consumer(problem, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAG
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
-        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, qk_scale, window,
+        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, qk_scale, tanh_scale, cap_log2, window,
         stride_ob, stride_oh, stride_om,
         H, GROUP, SQ, SKV,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-        HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr):
+        HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); window the
-    sliding window in keys (with HAS_WINDOW); grid (cdiv(SQ, 128), B * H)."""
+    sliding window in keys (with HAS_WINDOW); qk_scale the scale times log2(e), and with SOFTCAP tanh_scale =
+    scale / softcap and cap_log2 = softcap * log2(e); grid (cdiv(SQ, 128), B * H)."""
     # A group reads block j's K and block j - 1's V at once: with one stage the loader would wait for a release that
     # waits for it.
     gl.static_assert(STAGES >= 2, "the K/V ring needs at least two stages")
@@ -241,13 +254,17 @@ def attention_fwd_hopper_kernel(
         mbarrier.init(kv_empty.index(i), count=2)  # both consumer groups release a stage
     mbarrier.arrive(turn.index(0), count=1)  # group 0 issues first
 
-    problem = (q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, qk_scale, window, stride_ob, stride_oh, stride_om,
-               H, GROUP, SQ, SKV)
+    io = (q_desc, k_desc, v_desc, O, Lse, stride_ob, stride_oh, stride_om)
+    shape = (H, GROUP, SQ, SKV)
+    mask = (KvLo, KvHi, window)
+    score = (qk_scale, tanh_scale, cap_log2)
     bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn)
     gl.warp_specialize([
-        (_consumer, (problem, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, 0)),
-        (_consumer, (problem, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, 1)),
-        (_loader, (problem, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW)),
+        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, SOFTCAP,
+                     0)),
+        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, SOFTCAP,
+                     1)),
+        (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 

@@ -2,7 +2,8 @@
 
     python benchmarks/hopper_ab.py --out DIR [--cases d128-mha-s8192-causal,...] [--tiles 128:128x2,128:64x2]
 
-Per case (tune.py's case names; with padding, a window or softcap no torch backend is timed): first each variant's largest
+Per case (tune.py's case names; with padding, a window, softcap or documents no torch
+backend is timed): first each variant's largest
 difference from forward.py's output and, unmasked, from the float32 math result on the case's first batch and
 heads (a wrong kernel is reported, not timed), then the forward alone and forward+backward, the variants taking
 turns round by round (their order rotating, every other round reversed: the GPU's speed drifts by 4-8% within a
@@ -28,7 +29,7 @@ from tune import case_runs, parse_case, time_ms
 DEFAULT_CASES = ("d128-mha-s8192-causal,d128-mha-s8192-full,d128-gqa-s16384-causal,d128-gqa-s2048-causal,"
                  "d64-mha-s8192-causal,d64-gqa-s4096-full,d128-gqa-s4096-causal-b2-bshd,d256-gqa-s8192-causal,"
                  "d256-mha-s2048-full,d128-gqa-s4096-causal-b4-pad,d128-gqa-s4096-causal-b4-w1024,"
-                 "d128-gqa-s4096-causal-b4-cap50")
+                 "d128-gqa-s4096-causal-b4-cap50,d128-gqa-s8192-causal-b1-doc1024")
 TORCH = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_fa2": SDPBackend.FLASH_ATTENTION}
 
 

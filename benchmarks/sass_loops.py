@@ -65,7 +65,8 @@ def compile_for_gpu(name: str, num_warps: int = 4, num_stages: int = 3, capabili
 
 
 def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int = 2, causal: bool = True,
-                           dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False):
+                           dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False,
+                           documents: bool = False):
     """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it: descriptors with the layouts
     that ops builds, four warps for the first consumer group (the partitions add the rest)."""
     import triton
@@ -77,7 +78,7 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
     name = {"bf16": "bfloat16", "fp16": "float16"}[dtype]
     rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding,
-                      HAS_WINDOW=window, SOFTCAP=softcap)
+                      HAS_WINDOW=window, HAS_DOC=documents, SOFTCAP=softcap)
     signature, attrs = {}, {}
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:
@@ -86,9 +87,9 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
             block = (1, 1, rows[p.name], head_dim)
             signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
         else:
-            signature[p.name] = {"O": f"*{dtype}", "Lse": "*fp32", "KvLo": "*i32", "KvHi": "*i32",
+            signature[p.name] = {"O": f"*{dtype}", "Lse": "*fp32", "KvLo": "*i32", "KvHi": "*i32", "DocStart": "*i32",
                                  "qk_scale": "fp32", "tanh_scale": "fp32", "cap_log2": "fp32"}.get(p.name, "i32")
-            if p.name in ("O", "Lse", "KvLo", "KvHi") or p.name.startswith("stride_"):
+            if p.name in ("O", "Lse", "KvLo", "KvHi", "DocStart") or p.name.startswith("stride_"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource(kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=1))
@@ -165,12 +166,13 @@ def main():
     parser.add_argument("--no-tma", action="store_true")
     parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
     parser.add_argument("--masks", action="store_true",
-                        help="hopper_forward: with padding ranges, a window and softcap")
+                        help="hopper_forward: with padding ranges, a window, softcap and packed documents")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     if args.kernel == "hopper_forward":  # 128 rows in two consumer groups, a loader warp
         compiled = compile_hopper_forward(args.head_dim, args.block_n, args.stages, causal=not args.full,
-                                          padding=args.masks, window=args.masks, softcap=args.masks)
+                                          padding=args.masks, window=args.masks, softcap=args.masks,
+                                          documents=args.masks)
     else:
         compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                    BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,

@@ -10,10 +10,10 @@ language, writes the schedule out. One program takes 128 query rows and runs thr
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
   of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
 
-Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256, causal (aligned to the last
-key) or not, GQA, a positive scale, a padding mask that leaves one range of keys per batch row, a sliding window,
-logit softcapping; no masks with gaps, packed documents or dropout. Outputs are forward.py's: O, and the row log-sum-exp in log2
-units (zeros and +inf for a row that sees no key).
+Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256, causal (aligned to the
+last key) or not, GQA, a positive scale, a padding mask that leaves one range of keys per batch row, a sliding window,
+logit softcapping, packed documents (each row's keys from its document's start on); no masks with gaps or dropout.
+Outputs are forward.py's: O, and the row log-sum-exp in log2 units (zeros and +inf for a row that sees no key).
 """
 import functools
 
@@ -37,11 +37,11 @@ def _load_block(desc, b, head, start, bar, dest):
 
 @gluon.jit
 def _key_range(shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
-               HAS_WINDOW: gl.constexpr):
+               HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
     """The program's first query row, its batch, and the key blocks [n_begin, n_begin + n_blocks) that some row of
     its 128 sees: the same in all three partitions, which is what keeps their barriers in step."""
     H, _, SQ, SKV = shape
-    KvLo, KvHi, window = mask
+    KvLo, KvHi, window, DocStart, stride_doc_b = mask
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
     start_m = (gl.num_programs(0) - 1 - gl.program_id(0)) * (2 * ROWS_PER_GROUP)
     b = gl.program_id(1) // H
@@ -50,6 +50,8 @@ def _key_range(shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PAD
         hi = gl.minimum(hi, gl.minimum(start_m + 2 * ROWS_PER_GROUP, SQ) + SKV - SQ)
     if HAS_WINDOW:
         lo = gl.maximum(lo, start_m + SKV - SQ - window + 1)
+    if HAS_DOC:  # the first row's document starts where the program's keys can start
+        lo = gl.maximum(lo, gl.load(DocStart + b * stride_doc_b + start_m))
     lo = gl.maximum(lo, 0)
     n_begin = lo // BLOCK_N
     return start_m, b, n_begin, gl.where(hi > lo, gl.cdiv(hi, BLOCK_N) - n_begin, 0)
@@ -65,12 +67,12 @@ def _padding(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
 
 @gluon.jit
 def _loader(io, shape, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr):
+            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
     """One warp: K and V blocks into the ring, a stage refilled once both consumers have released it."""
     _, k_desc, v_desc, _, _, _, _, _ = io
     H, GROUP, _, _ = shape
     _, k_ring, v_ring, _, k_ready, v_ready, kv_empty, _ = bufs
-    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW)
+    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     hk = (gl.program_id(1) % H) // GROUP
     for i in range(n_blocks):  # the i-th block goes to stage i % STAGES, its (i // STAGES)-th use
         stage = i % STAGES
@@ -82,20 +84,20 @@ def _loader(io, shape, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, 
 
 @gluon.jit
 def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr, s_layout: gl.constexpr):
+            HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, s_layout: gl.constexpr):
     """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials, in the log2
     domain. score = (qk_scale, tanh_scale, cap_log2): without softcap the scale rides on the exponent's FFMA; with
     it the scores are cap_log2 * tanh(qk * tanh_scale) through the hardware tanh (16-bit inputs only reach here).
-    rows = (lo, hi, full_lo, full_hi, offset, window): keys outside [full_lo, full_hi) are hidden from some row of the
-    group (past its diagonal, outside its window, padding, past the last key), so a block reaching out of it is
-    masked first; a row that has seen no key yet keeps -inf as its maximum and takes exponentials against 0 (they
-    are all 0)."""
+    rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows): keys outside [full_lo, full_hi) are hidden from some
+    row of the group (past its diagonal, outside its window, before its document, padding, past the last key), so a
+    block reaching out of it is masked first; a row that has seen no key yet keeps -inf as its maximum and takes
+    exponentials against 0 (they are all 0)."""
     qk_scale, tanh_scale, cap_log2 = score
     if SOFTCAP:
         qk = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [qk * tanh_scale], dtype=gl.float32,
                                        is_pure=True, pack=1) * cap_log2
         qk_scale = 1.0
-    lo, hi, full_lo, full_hi, offset, window = rows
+    lo, hi, full_lo, full_hi, offset, window, doc_rows = rows
     if (start_n < full_lo) | (start_n + BLOCK_N > full_hi):
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         keep = (offs_n[None, :] >= lo) & (offs_n[None, :] < hi)
@@ -103,6 +105,8 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
             keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
         if HAS_WINDOW:
             keep = keep & (offs_n[None, :] > offs_m[:, None] + offset - window)
+        if HAS_DOC:
+            keep = keep & (offs_n[None, :] >= doc_rows[:, None])
         qk = gl.where(keep, qk, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
         m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
@@ -114,13 +118,13 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
 
 @gluon.jit
 def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr,
-              GROUP_ID: gl.constexpr):
+              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr,
+              SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
     """One warpgroup: 64 query rows against the program's key blocks, its matmuls issued in turns with the other
     group's."""
     q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
     H, _, SQ, SKV = shape
-    KvLo, KvHi, window = mask
+    KvLo, KvHi, window, DocStart, stride_doc_b = mask
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn = bufs
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -133,7 +137,7 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
     my_turn = turn.index(GROUP_ID)
     their_turn = turn.index(1 - GROUP_ID)
 
-    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW)
+    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     start_m += GROUP_ID * ROWS_PER_GROUP
     bh = gl.program_id(1)
     h = bh % H
@@ -148,9 +152,15 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
         full_hi = hi
         if CAUSAL:
             full_hi = gl.minimum(full_hi, start_m + offset + 1)
+        last_m = gl.minimum(start_m + ROWS_PER_GROUP, SQ) - 1
         if HAS_WINDOW:
-            full_lo = gl.maximum(full_lo, gl.minimum(start_m + ROWS_PER_GROUP, SQ) - 1 + offset - window + 1)
-        rows = (lo, hi, full_lo, full_hi, offset, window)
+            full_lo = gl.maximum(full_lo, last_m + offset - window + 1)
+        doc_rows = offs_m  # unused without documents
+        if HAS_DOC:  # each row's document start; every row sees keys from the last row's on
+            docs = DocStart + b * stride_doc_b
+            doc_rows = gl.load(docs + offs_m, mask=offs_m < SQ, other=0)
+            full_lo = gl.maximum(full_lo, gl.load(docs + last_m))
+        rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows)
 
         q_buf = q_smem.index(GROUP_ID)
         _load_block(q_desc, b, h, start_m, q_ready.index(GROUP_ID), q_buf)
@@ -166,7 +176,7 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
         mbarrier.arrive(their_turn, count=1)
         qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
         m_i, m_ref, p = _scores(qk, n_begin * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL, HAS_WINDOW,
-                                SOFTCAP, s_layout)
+                                HAS_DOC, SOFTCAP, s_layout)
         l_i = gl.sum(p, axis=1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
@@ -188,7 +198,7 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
             # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
             if SKV > 0:
                 m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL,
-                                          HAS_WINDOW, SOFTCAP, s_layout)
+                                          HAS_WINDOW, HAS_DOC, SOFTCAP, s_layout)
                 alpha = gl.exp2(m_i - m_ref)
                 l_new = l_i * alpha + gl.sum(p, axis=1)
                 p_next = gl.convert_layout(p.to(dtype), p_layout)
@@ -223,15 +233,16 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
-        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, qk_scale, tanh_scale, cap_log2, window,
-        stride_ob, stride_oh, stride_om,
+        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, DocStart, qk_scale, tanh_scale, cap_log2, window,
+        stride_ob, stride_oh, stride_om, stride_doc_b,
         H, GROUP, SQ, SKV,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-        HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
+        HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); window the
-    sliding window in keys (with HAS_WINDOW); qk_scale the scale times log2(e), and with SOFTCAP tanh_scale =
+    sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows stride_doc_b apart, each row's packed
+    document start (with HAS_DOC); qk_scale the scale times log2(e), and with SOFTCAP tanh_scale =
     scale / softcap and cap_log2 = softcap * log2(e); grid (cdiv(SQ, 128), B * H)."""
     # A group reads block j's K and block j - 1's V at once: with one stage the loader would wait for a release that
     # waits for it.
@@ -256,15 +267,15 @@ def attention_fwd_hopper_kernel(
 
     io = (q_desc, k_desc, v_desc, O, Lse, stride_ob, stride_oh, stride_om)
     shape = (H, GROUP, SQ, SKV)
-    mask = (KvLo, KvHi, window)
+    mask = (KvLo, KvHi, window, DocStart, stride_doc_b)
     score = (qk_scale, tanh_scale, cap_log2)
     bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn)
     gl.warp_specialize([
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, SOFTCAP,
-                     0)),
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, SOFTCAP,
-                     1)),
-        (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW)),
+        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,
+                     SOFTCAP, 0)),
+        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,
+                     SOFTCAP, 1)),
+        (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 

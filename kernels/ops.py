@@ -208,8 +208,7 @@ HOPPER_FORWARD_TILES = {64: (128, 3), 128: (128, 2), 256: (64, 2)}
 def hopper_forward_fits(q, k, p: Pattern) -> bool:
     """Whether hopper_forward.py's scope holds the input (its docstring), the device aside."""
     return (q.dtype in (torch.float16, torch.bfloat16) and q.shape[3] in HOPPER_FORWARD_TILES and q.shape[2] >= 1
-            and k.shape[2] >= 1 and p.key_keep is None and p.documents is None and p.dropout_p == 0
-            and p.scale > 0)
+            and k.shape[2] >= 1 and p.key_keep is None and p.dropout_p == 0 and p.scale > 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -229,12 +228,13 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[q.dtype]
     descriptors = [GluonDescriptor(t, list(t.shape), st, [1, 1, rows, D], shared_layout((1, 1, rows, D), dtype))
                    for t, st, rows in zip((q, k, v), strides, (ROWS_PER_GROUP.value, block_n, block_n))]
-    padded = p.kv_lo is not None
+    padded, packed = p.kv_lo is not None, p.documents is not None
     attention_fwd_hopper_kernel[(cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H)](
-        *descriptors, out, lse, p.kv_lo if padded else lse, p.kv_hi if padded else lse, p.scale * LOG2E.value,
-        p.scale / (p.softcap or 1.0), (p.softcap or 1.0) * LOG2E.value, p.window or 0, *out.stride()[:3], H,
+        *descriptors, out, lse, p.kv_lo if padded else lse, p.kv_hi if padded else lse,
+        p.documents if packed else lse, p.scale * LOG2E.value, p.scale / (p.softcap or 1.0),
+        (p.softcap or 1.0) * LOG2E.value, p.window or 0, *out.stride()[:3], p.documents.stride(0) if packed else 0, H,
         H // k.shape[1], SQ, SKV, HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=p.causal, HAS_PADDING=padded,
-        HAS_WINDOW=p.window is not None, SOFTCAP=p.softcap is not None, num_warps=4)
+        HAS_WINDOW=p.window is not None, HAS_DOC=packed, SOFTCAP=p.softcap is not None, num_warps=4)
     _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
               stages=stages, TMA=True)
     return True

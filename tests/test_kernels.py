@@ -344,7 +344,7 @@ def dense_pattern(**changes):
     (dict(window=8), {}, True),
     (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1), key_keep=torch.ones(1, 32), holes=torch.ones(1)), {}, False),
     (dict(softcap=30.0), {}, True),
-    (dict(documents=torch.zeros(1, 2, 16)), {}, False),
+    (dict(documents=torch.zeros(1, 2, 16)), {}, True),
     (dict(dropout_p=0.1), {}, False),
     (dict(scale=-0.1), {}, False),
     (dict(scale=0.0), {}, False),
@@ -384,7 +384,8 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
     assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128]]
     assert args["q_desc"].strides == list(q.stride()) and args["k_desc"].base is k
     assert args["O"] is out and args["Lse"] is lse and args["qk_scale"] == pytest.approx(0.125 * 1.4426950408889634)
-    assert not args["HAS_PADDING"] and not args["HAS_WINDOW"] and not args["SOFTCAP"] and args["window"] == 0
+    assert not (args["HAS_PADDING"] or args["HAS_WINDOW"] or args["HAS_DOC"] or args["SOFTCAP"])
+    assert args["window"] == 0
     assert (args["stride_ob"], args["stride_oh"], args["stride_om"]) == out.stride()[:3]
     assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 300, 300)
     assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (128, 128, 2, True)
@@ -409,6 +410,7 @@ HOPPER_CASES = [
     (2, 4, 2, 300, 100, 128, dict(causal=True)),                   # more rows than keys: the first rows see none
     (3, 8, 4, 600, 600, 256, dict(causal=True, softcap=30.0, window=200, padding="left")),  # Gemma2's layers
     (2, 4, 2, 400, 400, 128, dict(softcap=5.0, scale=0.3)),
+    (2, 4, 2, 700, 700, 128, dict(causal=True, packed=True)),      # TRL's padding-free packing
 ]
 
 

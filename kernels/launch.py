@@ -27,6 +27,11 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # Triton before 3.4: pointer loads only
     TensorDescriptor = None
+try:  # Gluon's descriptors (hopper_forward.py) carry their shared-memory layout as well
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+except ImportError:
+    GluonDescriptor = None
+DESCRIPTORS = tuple(d for d in (TensorDescriptor, GluonDescriptor) if d is not None)
 
 _RESIDUE = (15).__and__  # x & 15: an int's or address's residue mod 16, finer than Triton's "a multiple of 16"
 _IS_ONE = (1).__eq__
@@ -55,7 +60,7 @@ def _layout(kinds: tuple):
             tensors.append(i)
         elif kind is int:
             ints.append(i)
-        elif TensorDescriptor is not None and kind is TensorDescriptor:
+        elif kind in DESCRIPTORS:
             descriptors.append(i)
         elif kind not in (float, bool, type(None)):
             raise TypeError(f"no launch class for a {kind.__name__} argument")
@@ -66,7 +71,8 @@ def launch_key(args: tuple) -> tuple:
     """What Triton specialises the runtime arguments on, or finer: equal keys run the same compiled kernel.
 
     Triton specialises a tensor on its dtype and whether its address is a multiple of 16 bytes, an int on whether
-    it is 1, a multiple of 16 and its width, a descriptor on its dtype and block shape, anything else on its type.
+    it is 1, a multiple of 16 and its width, a descriptor on its dtype and block shape (a Gluon one on its layout
+    too), anything else on its type.
     The key takes residues mod 16 instead of "a multiple of 16" (C-level maps over the arguments, a few us for
     40 of them; a residue that Triton does not tell apart costs one extra trip through its binder, never a wrong
     kernel)."""
@@ -77,7 +83,8 @@ def launch_key(args: tuple) -> tuple:
     if ints and (min(ints) < -_INT32 or max(ints) >= _INT32):
         key += (tuple(map(_width, ints)),)
     if descriptors:
-        key += (tuple((d.base.dtype, tuple(d.block_shape), d.padding) for d in descriptors),)
+        key += (tuple((d.base.dtype, tuple(d.block_shape), d.padding, getattr(d, "layout", None))
+                      for d in descriptors),)
     return key
 
 

@@ -31,6 +31,7 @@ FUSED = dict(enable_fp_fusion=True)
 
 FORWARD, DECODE, DQ, DKDV = map(Launcher, (attention_fwd_kernel, attention_decode_kernel, attention_bwd_dq_kernel,
                                          attention_bwd_dkdv_kernel))
+HOPPER_FWD = Launcher(attention_fwd_hopper_kernel) if attention_fwd_hopper_kernel is not None else None
 
 # Called as hook(kernel_name, info) for each launch (blocks, warps, stages, TMA); hf_sdpa.trace and the doctor
 # add one to see which kernel ran and how.
@@ -229,9 +230,9 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     descriptors = [GluonDescriptor(t, list(t.shape), st, [1, 1, rows, D], shared_layout((1, 1, rows, D), dtype))
                    for t, st, rows in zip((q, k, v), strides, (ROWS_PER_GROUP.value, block_n, block_n))]
     padded, packed = p.kv_lo is not None, p.documents is not None
-    attention_fwd_hopper_kernel[(cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H)](
-        *descriptors, out, lse, p.kv_lo if padded else lse, p.kv_hi if padded else lse,
-        p.documents if packed else lse, p.scale * LOG2E.value, p.scale / (p.softcap or 1.0),
+    HOPPER_FWD(
+        (cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, p.kv_lo if padded else lse,
+        p.kv_hi if padded else lse, p.documents if packed else lse, p.scale * LOG2E.value, p.scale / (p.softcap or 1.0),
         (p.softcap or 1.0) * LOG2E.value, p.window or 0, *out.stride()[:3], p.documents.stride(0) if packed else 0, H,
         H // k.shape[1], SQ, SKV, HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=p.causal, HAS_PADDING=padded,
         HAS_WINDOW=p.window is not None, HAS_DOC=packed, SOFTCAP=p.softcap is not None, num_warps=4)
@@ -247,7 +248,7 @@ def run_forward(q, k, v, p: Pattern):
     SKV = k.shape[2]
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
-    if (HOPPER_FORWARD and attention_fwd_hopper_kernel is not None and hopper_forward_fits(q, k, p)
+    if (HOPPER_FORWARD and HOPPER_FWD is not None and hopper_forward_fits(q, k, p)
             and _is_hopper(q.device) and _run_forward_hopper(q, k, v, p, out, lse)):
         return out, lse
     block_d = head_block(D)

@@ -361,9 +361,9 @@ def test_the_gluon_forward_scope(changes, shapes, fits):
 def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
     """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K and V and passes each of the
     kernel's parameters, in order, with a grid of 128-row blocks by batch x heads."""
-    real = ops.attention_fwd_hopper_kernel
-    if real is None:
+    if ops.HOPPER_FWD is None:
         pytest.skip("this Triton has no Gluon Hopper language")
+    real = ops.HOPPER_FWD.kernel
     calls = []
 
     class Stub:
@@ -372,14 +372,15 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
                 calls.append((grid, num_warps, inspect.signature(real.fn).bind(*args, **constexprs).arguments))
             return launch
 
-    monkeypatch.setattr(ops, "attention_fwd_hopper_kernel", Stub())
+    monkeypatch.setattr(ops.HOPPER_FWD, "kernel", Stub())
+    monkeypatch.setattr(ops.HOPPER_FWD, "direct", False)  # through the kernel object, as under the interpreter
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     q = torch.randn(2, 300, 8, 128, dtype=torch.bfloat16).transpose(1, 2)  # the model's layout
     k, v = (torch.randn(2, 2, 300, 128, dtype=torch.bfloat16) for _ in range(2))
     out, lse = ops.run_forward(q, k, v, dense_pattern(scale=0.125))
     (grid, warps, args), = calls
-    assert grid == (3, 16) and warps == 4
+    assert grid == (3, 16, 1) and warps == 4
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc")]
     assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128]]
     assert args["q_desc"].strides == list(q.stride()) and args["k_desc"].base is k
@@ -419,7 +420,7 @@ HOPPER_CASES = [
 @pytest.mark.parametrize("case", HOPPER_CASES, ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
 def test_gpu_gluon_forward(case, dtype, monkeypatch):
     """The Gluon forward (switched on) against the float64 reference, its O and LSE feeding our backward."""
-    if ops.attention_fwd_hopper_kernel is None or not ops._is_hopper(torch.device(DEVICE)):
+    if ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
     ran = []

@@ -8,7 +8,7 @@ import torch
 
 from hf_sdpa.kernels import attention, launch, ops
 from hf_sdpa.kernels.config import DECODE_MIN_KEYS
-from hf_sdpa.kernels.launch import Launcher, TensorDescriptor, launch_key, unchecked_descriptor
+from hf_sdpa.kernels.launch import GluonDescriptor, Launcher, TensorDescriptor, launch_key, unchecked_descriptor
 from reference import assert_within, attention_ref, pattern_mask
 
 
@@ -33,6 +33,15 @@ def _samples():
             samples.append(TensorDescriptor(t, list(t.shape), list(t.stride()), block))
             samples.append(unchecked_descriptor(t, list(t.shape), list(t.stride()), block))
         samples.append(TensorDescriptor(t.half(), list(t.shape), list(t.stride()), [1, 1, 16, 32]))
+    if GluonDescriptor is not None:  # the Gluon forward's: the same, plus a shared-memory layout
+        from hf_sdpa.kernels.hopper_forward import shared_layout
+        t = base.view(1, 4, 32, 32)
+        for block in ((1, 1, 16, 32), (1, 1, 32, 32)):
+            for view in (t, base[512:].view(1, 2, 56, 32)):
+                samples.append(GluonDescriptor(view, list(view.shape), list(view.stride()), list(block),
+                                               shared_layout(block, "bfloat16")))
+        samples.append(GluonDescriptor(t.half(), list(t.shape), list(t.stride()), [1, 1, 16, 32],
+                                       shared_layout((1, 1, 16, 32), "float16")))
     return samples
 
 
@@ -125,6 +134,27 @@ def test_every_call_site_relaunches_with_all_parameters(monkeypatch):
         assert [entry[0] for entry in fake.log] == ["triton", "direct"], name
         _, grid, args, _ = fake.log[1]
         assert len(grid) == 3 and len(args) == len(fake.arg_names), name
+
+
+def test_the_gluon_forward_relaunches_with_all_parameters(monkeypatch):
+    """As above for the Gluon forward's call site (switched on, Hopper assumed): the second call goes the direct
+    way with every parameter of the kernel."""
+    if ops.HOPPER_FWD is None:
+        pytest.skip("this Triton has no Gluon Hopper language")
+    monkeypatch.setattr(launch, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream", lambda device: 0)
+    fake = _Kernel(ops.HOPPER_FWD.kernel.arg_names)
+    monkeypatch.setattr(ops.HOPPER_FWD, "kernel", fake)
+    monkeypatch.setattr(ops.HOPPER_FWD, "direct", True)
+    monkeypatch.setattr(ops.HOPPER_FWD, "compiled", {})
+    monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    q, k, v = (torch.randn(2, 4, 300, 64, dtype=torch.bfloat16) for _ in range(3))
+    for _ in range(2):
+        ops.run_forward(q, k, v, ops.Pattern(None, None, None, None, None, True, None, None, 0.125, 0.0, 0, None))
+    assert [entry[0] for entry in fake.log] == ["triton", "direct"]
+    _, grid, args, _ = fake.log[1]
+    assert grid == (3, 8, 1) and len(args) == len(fake.arg_names)
 
 
 @pytest.mark.gpu

@@ -88,7 +88,7 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
             signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
         else:
             signature[p.name] = {"O": f"*{dtype}", "Lse": "*fp32", "KvLo": "*i32", "KvHi": "*i32", "DocStart": "*i32",
-                                 "qk_scale": "fp32", "tanh_scale": "fp32", "cap_log2": "fp32"}.get(p.name, "i32")
+                                 "qk_scale": "fp32", "sm_scale": "fp32", "softcap": "fp32"}.get(p.name, "i32")
             if p.name in ("O", "Lse", "KvLo", "KvHi", "DocStart") or p.name.startswith("stride_"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource(kernel, signature, constexprs, attrs)

@@ -21,6 +21,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
+from .tiles import LOG2E
+
 # The TMA load's name: async_copy_global_to_shared in Triton 3.6, async_load from 3.7 on (the old name raises there).
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
@@ -86,16 +88,17 @@ def _loader(io, shape, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, 
 def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, s_layout: gl.constexpr):
     """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials, in the log2
-    domain. score = (qk_scale, tanh_scale, cap_log2): without softcap the scale rides on the exponent's FFMA; with
-    it the scores are cap_log2 * tanh(qk * tanh_scale) through the hardware tanh (16-bit inputs only reach here).
+    domain. score = (qk_scale, sm_scale, softcap), as ops passes them to every kernel: without softcap the scale
+    (qk_scale = sm_scale * log2(e)) rides on the exponent's FFMA; with it the scores are softcap * log2(e) *
+    tanh(qk * sm_scale / softcap), through the hardware tanh (16-bit inputs only reach here).
     rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows): keys outside [full_lo, full_hi) are hidden from some
     row of the group (past its diagonal, outside its window, before its document, padding, past the last key), so a
     block reaching out of it is masked first; a row that has seen no key yet keeps -inf as its maximum and takes
     exponentials against 0 (they are all 0)."""
-    qk_scale, tanh_scale, cap_log2 = score
+    qk_scale, sm_scale, softcap = score
     if SOFTCAP:
-        qk = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [qk * tanh_scale], dtype=gl.float32,
-                                       is_pure=True, pack=1) * cap_log2
+        qk = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [qk * (sm_scale / softcap)],
+                                       dtype=gl.float32, is_pure=True, pack=1) * (softcap * LOG2E)
         qk_scale = 1.0
     lo, hi, full_lo, full_hi, offset, window, doc_rows = rows
     if (start_n < full_lo) | (start_n + BLOCK_N > full_hi):
@@ -233,7 +236,7 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
-        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, DocStart, qk_scale, tanh_scale, cap_log2, window,
+        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, DocStart, qk_scale, sm_scale, softcap, window,
         stride_ob, stride_oh, stride_om, stride_doc_b,
         H, GROUP, SQ, SKV,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
@@ -242,8 +245,8 @@ def attention_fwd_hopper_kernel(
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); window the
     sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows stride_doc_b apart, each row's packed
-    document start (with HAS_DOC); qk_scale the scale times log2(e), and with SOFTCAP tanh_scale =
-    scale / softcap and cap_log2 = softcap * log2(e); grid (cdiv(SQ, 128), B * H)."""
+    document start (with HAS_DOC); qk_scale the scale times log2(e), sm_scale the scale, softcap the cap (read with
+    SOFTCAP); grid (cdiv(SQ, 128), B * H)."""
     # A group reads block j's K and block j - 1's V at once: with one stage the loader would wait for a release that
     # waits for it.
     gl.static_assert(STAGES >= 2, "the K/V ring needs at least two stages")
@@ -268,7 +271,7 @@ def attention_fwd_hopper_kernel(
     io = (q_desc, k_desc, v_desc, O, Lse, stride_ob, stride_oh, stride_om)
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b)
-    score = (qk_scale, tanh_scale, cap_log2)
+    score = (qk_scale, sm_scale, softcap)
     bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn)
     gl.warp_specialize([
         (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,

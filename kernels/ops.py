@@ -14,12 +14,10 @@ from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_split
                      dq_config, forward_config, head_block, interpreting, key_reach, smaller)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
-from .launch import Launcher, TensorDescriptor, unchecked_descriptor
+from .launch import GluonDescriptor, Launcher, TensorDescriptor, unchecked_descriptor
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 try:  # Gluon's Hopper language (Triton 3.6 and later)
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
-
     from .hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel, shared_layout
 except ImportError:
     attention_fwd_hopper_kernel = None
@@ -229,13 +227,14 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[q.dtype]
     descriptors = [GluonDescriptor(t, list(t.shape), st, [1, 1, rows, D], shared_layout((1, 1, rows, D), dtype))
                    for t, st, rows in zip((q, k, v), strides, (ROWS_PER_GROUP.value, block_n, block_n))]
-    padded, packed = p.kv_lo is not None, p.documents is not None
+    (kv_lo, kv_hi, _, _, documents), (qk_scale, sm_scale, softcap, window, _, _), (_, s_doc), flags = \
+        _pattern_args(p, q)
     HOPPER_FWD(
-        (cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, p.kv_lo if padded else lse,
-        p.kv_hi if padded else lse, p.documents if packed else lse, p.scale * LOG2E.value, p.scale / (p.softcap or 1.0),
-        (p.softcap or 1.0) * LOG2E.value, p.window or 0, *out.stride()[:3], p.documents.stride(0) if packed else 0, H,
-        H // k.shape[1], SQ, SKV, HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=p.causal, HAS_PADDING=padded,
-        HAS_WINDOW=p.window is not None, HAS_DOC=packed, SOFTCAP=p.softcap is not None, num_warps=4)
+        (cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, kv_lo, kv_hi, documents, qk_scale,
+        sm_scale, softcap, window, *out.stride()[:3], s_doc, H, H // k.shape[1], SQ, SKV, HEAD_DIM=D,
+        BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
+        HAS_WINDOW=flags["HAS_WINDOW"], HAS_DOC=flags["HAS_DOC"], SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value,
+        num_warps=4)
     _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
               stages=stages, TMA=True)
     return True

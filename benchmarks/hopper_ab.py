@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hf_sdpa.kernels import ops
-from tune import case_runs, parse_case, time_ms
+from tune import case_runs, masked, parse_case, time_ms
 
 DEFAULT_CASES = ("d128-mha-s8192-causal,d128-mha-s8192-full,d128-gqa-s16384-causal,d128-gqa-s2048-causal,"
                  "d64-mha-s8192-causal,d64-gqa-s4096-full,d128-gqa-s4096-causal-b2-bshd,d256-gqa-s8192-causal,"
@@ -88,10 +88,6 @@ def check(case, fwd, q, k, v, names):
             diffs[name].update(vs_math=(out[:1, :2].float() - exact).abs().max().item(),
                                triton_vs_math=(ours[:1, :2].float() - exact).abs().max().item())
     return diffs
-
-
-def masked(case):
-    return bool(case["pad"] or case["window"] or case["softcap"] or case["documents"])
 
 
 def correct(c):

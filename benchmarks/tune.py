@@ -66,6 +66,11 @@ def parse_case(name):
     return case
 
 
+def masked(case):
+    """Whether the case hides keys or transforms scores (padding, window, softcap, documents)."""
+    return bool(case["pad"] or case["window"] or case["softcap"] or case["documents"])
+
+
 def left_padding(b, s):
     """A key padding mask (True = a real token) whose rows keep s, 3/4 s, s/2 and 3/10 s tokens, taking turns."""
     lengths = [(s, s * 3 // 4, s // 2, s * 3 // 10)[i % 4] for i in range(b)]
@@ -168,8 +173,7 @@ def tune_case(case, passes, rounds):
     fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
     causal = case["causal"]
     result = dict(case)
-    masked = case["pad"] or case["window"] or case["softcap"] or case["documents"]
-    for name, backend in (() if masked else
+    for name, backend in (() if masked(case) else
                           (("sdpa_fa2", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION))):
         def ref():
             with sdpa_kernel([backend]):

@@ -10,8 +10,8 @@ turns round by round (their order rotating, every other round reversed: the GPU'
 sweep). Variants: 'triton' (forward.py), 'gluon' (ops.HOPPER_FORWARD_TILES) and one per --tiles entry (head
 size:key block x ring stages), 'sdpa_cudnn', 'sdpa_fa2'; --rounds 0 runs the checks only. Medians in ms, and for
 unmasked cases TFLOP/s (FlashAttention's count: forward 4*b*h*s*s*d, halved when causal; backward 2.5x forward).
-Writes hopper_ab.json and hopper_ab.md. ops.HOPPER_FORWARD stays off by default until this says the Gluon forward
-wins (benchmarks/NOTES.md entry 13).
+Writes hopper_ab.json and hopper_ab.md. This decided which head sizes ops.HOPPER_FORWARD_TILES sends to the Gluon
+forward (benchmarks/NOTES.md entry 14); a head size left out runs only as a --tiles variant.
 """
 import argparse
 import contextlib
@@ -35,16 +35,17 @@ TORCH = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_fa2": SDPBackend.FLASH_
 
 @contextlib.contextmanager
 def variant(name, d):
-    """ops as the variant runs: the Gluon forward on or off, and its tiles for head size d."""
-    saved = ops.HOPPER_FORWARD, dict(ops.HOPPER_FORWARD_TILES)
+    """ops as the variant runs: the Gluon forward on (at every key length) or off, and its tiles for head size d."""
+    saved = ops.HOPPER_FORWARD, dict(ops.HOPPER_FORWARD_TILES), ops.HOPPER_FORWARD_MIN_KEYS
     ops.HOPPER_FORWARD = name.startswith("gluon")
+    ops.HOPPER_FORWARD_MIN_KEYS = {}
     if name.startswith("gluon_"):
         block_n, stages = map(int, name.removeprefix("gluon_").split("x"))
         ops.HOPPER_FORWARD_TILES[d] = (block_n, stages)
     try:
         yield
     finally:
-        ops.HOPPER_FORWARD, ops.HOPPER_FORWARD_TILES = saved[0], saved[1]
+        ops.HOPPER_FORWARD, ops.HOPPER_FORWARD_TILES, ops.HOPPER_FORWARD_MIN_KEYS = saved
 
 
 def runs(name, case, fwd, fwd_bwd, q, k, v, dout):

@@ -77,8 +77,9 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
 
     name = {"bf16": "bfloat16", "fp16": "float16"}[dtype]
     rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
+    # A padding mask always comes with its per-key form (ops.Pattern), read in batch rows whose keys have gaps.
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding,
-                      HAS_WINDOW=window, HAS_DOC=documents, SOFTCAP=softcap)
+                      HAS_WINDOW=window, HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap)
     signature, attrs = {}, {}
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:
@@ -87,9 +88,10 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
             block = (1, 1, rows[p.name], head_dim)
             signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
         else:
-            signature[p.name] = {"O": f"*{dtype}", "Lse": "*fp32", "KvLo": "*i32", "KvHi": "*i32", "DocStart": "*i32",
-                                 "qk_scale": "fp32", "sm_scale": "fp32", "softcap": "fp32"}.get(p.name, "i32")
-            if p.name in ("O", "Lse", "KvLo", "KvHi", "DocStart") or p.name.startswith("stride_"):
+            signature[p.name] = {"O": f"*{dtype}", "Lse": "*fp32", "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8",
+                                 "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32", "sm_scale": "fp32",
+                                 "softcap": "fp32"}.get(p.name, "i32")
+            if p.name in ("O", "Lse", "KvLo", "KvHi", "Holes", "KeyKeep", "DocStart") or p.name.startswith("stride_"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource(kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=1))

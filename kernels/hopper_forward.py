@@ -4,15 +4,17 @@ Triton's `tl.dot` cannot say which warps run the matmuls while others run the so
 as the warp schedulers happen to pick them (benchmarks/NOTES.md entries 4 and 8). Gluon, Triton's lower-level
 language, writes the schedule out. One program takes 128 query rows and runs three partitions:
 
-- a loader warp streams K and V blocks into a ring of STAGES shared-memory buffers through TMA;
+- a loader warp streams K and V blocks into rings of STAGES shared-memory buffers through TMA. A K buffer is
+  released once both groups' S = Q K^T has run, a V buffer once their O += P V has, so the next K block loads
+  while the previous V block is still read;
 - two consumer warpgroups take 64 rows each. They issue their matmuls in turns (ping-pong): a warpgroup waits for
   its turn, issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} asynchronously, and hands the turn over, so that one
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
   of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
 
 Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256, causal (aligned to the
-last key) or not, GQA, a positive scale, a padding mask that leaves one range of keys per batch row, a sliding window,
-logit softcapping, packed documents (each row's keys from its document's start on); no masks with gaps or dropout.
+last key) or not, GQA, a positive scale, a padding mask (read per key only in batch rows whose kept keys have gaps),
+a sliding window, logit softcapping, packed documents (each row's keys from its document's start on); no dropout.
 Outputs are forward.py's: O, and the row log-sum-exp in log2 units (zeros and +inf for a row that sees no key).
 """
 import functools
@@ -43,7 +45,7 @@ def _key_range(shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PAD
     """The program's first query row, its batch, and the key blocks [n_begin, n_begin + n_blocks) that some row of
     its 128 sees: the same in all three partitions, which is what keeps their barriers in step."""
     H, _, SQ, SKV = shape
-    KvLo, KvHi, window, DocStart, stride_doc_b = mask
+    KvLo, KvHi, window, DocStart, stride_doc_b, _, _, _ = mask
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
     start_m = (gl.num_programs(0) - 1 - gl.program_id(0)) * (2 * ROWS_PER_GROUP)
     b = gl.program_id(1) // H
@@ -70,37 +72,41 @@ def _padding(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
 @gluon.jit
 def _loader(io, shape, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
-    """One warp: K and V blocks into the ring, a stage refilled once both consumers have released it."""
+    """One warp: K and V blocks into their rings, a buffer refilled once both consumers have released it."""
     _, k_desc, v_desc, _, _, _, _, _ = io
     H, GROUP, _, _ = shape
-    _, k_ring, v_ring, _, k_ready, v_ready, kv_empty, _ = bufs
+    _, k_ring, v_ring, _, k_ready, v_ready, k_empty, v_empty, _ = bufs
     start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     hk = (gl.program_id(1) % H) // GROUP
     for i in range(n_blocks):  # the i-th block goes to stage i % STAGES, its (i // STAGES)-th use
         stage = i % STAGES
-        mbarrier.wait(kv_empty.index(stage), ((i // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+        free = ((i // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1
         start_n = (n_begin + i) * BLOCK_N
+        mbarrier.wait(k_empty.index(stage), free)
         _load_block(k_desc, b, hk, start_n, k_ready.index(stage), k_ring.index(stage))
+        mbarrier.wait(v_empty.index(stage), free)
         _load_block(v_desc, b, hk, start_n, v_ready.index(stage), v_ring.index(stage))
 
 
 @gluon.jit
 def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, s_layout: gl.constexpr):
+            HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr,
+            s_layout: gl.constexpr):
     """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials, in the log2
     domain. score = (qk_scale, sm_scale, softcap), as ops passes them to every kernel: without softcap the scale
     (qk_scale = sm_scale * log2(e)) rides on the exponent's FFMA; with it the scores are softcap * log2(e) *
     tanh(qk * sm_scale / softcap), through the hardware tanh (16-bit inputs only reach here).
-    rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows): keys outside [full_lo, full_hi) are hidden from some
-    row of the group (past its diagonal, outside its window, before its document, padding, past the last key), so a
-    block reaching out of it is masked first; a row that has seen no key yet keeps -inf as its maximum and takes
+    rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows, keep_row): keys outside [full_lo, full_hi) are hidden
+    from some row of the group (past its diagonal, outside its window, before its document, padding, past the last
+    key; every key where the padding mask has gaps, which keep_row, the batch row's mask, then decides), so a block
+    reaching out of it is masked first; a row that has seen no key yet keeps -inf as its maximum and takes
     exponentials against 0 (they are all 0)."""
     qk_scale, sm_scale, softcap = score
     if SOFTCAP:
         qk = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [qk * (sm_scale / softcap)],
                                        dtype=gl.float32, is_pure=True, pack=1) * (softcap * LOG2E)
         qk_scale = 1.0
-    lo, hi, full_lo, full_hi, offset, window, doc_rows = rows
+    lo, hi, full_lo, full_hi, offset, window, doc_rows, keep_row = rows
     if (start_n < full_lo) | (start_n + BLOCK_N > full_hi):
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         keep = (offs_n[None, :] >= lo) & (offs_n[None, :] < hi)
@@ -110,6 +116,9 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
             keep = keep & (offs_n[None, :] > offs_m[:, None] + offset - window)
         if HAS_DOC:
             keep = keep & (offs_n[None, :] >= doc_rows[:, None])
+        if HAS_HOLES:
+            key_keep, row_offset = keep_row
+            keep = keep & (gl.load(key_keep + row_offset + offs_n, mask=offs_n < hi, other=0) != 0)[None, :]
         qk = gl.where(keep, qk, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
         m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
@@ -121,14 +130,14 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
 
 @gluon.jit
 def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr,
-              SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
+              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr,
+              HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
     """One warpgroup: 64 query rows against the program's key blocks, its matmuls issued in turns with the other
     group's."""
     q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
     H, _, SQ, SKV = shape
-    KvLo, KvHi, window, DocStart, stride_doc_b = mask
-    q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn = bufs
+    KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b = mask
+    q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -163,7 +172,11 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
             docs = DocStart + b * stride_doc_b
             doc_rows = gl.load(docs + offs_m, mask=offs_m < SQ, other=0)
             full_lo = gl.maximum(full_lo, gl.load(docs + last_m))
-        rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows)
+        keep_row = (KeyKeep, b * stride_keep_b)  # read with HAS_HOLES; an int32 offset spares registers
+        if HAS_HOLES:
+            if gl.load(Holes + b) != 0:
+                full_hi = full_lo  # every block is masked
+        rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows, keep_row)
 
         q_buf = q_smem.index(GROUP_ID)
         _load_block(q_desc, b, h, start_m, q_ready.index(GROUP_ID), q_buf)
@@ -178,8 +191,9 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
                            is_async=True)
         mbarrier.arrive(their_turn, count=1)
         qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
+        mbarrier.arrive(k_empty.index(0), count=1)
         m_i, m_ref, p = _scores(qk, n_begin * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL, HAS_WINDOW,
-                                HAS_DOC, SOFTCAP, s_layout)
+                                HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
         l_i = gl.sum(p, axis=1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
@@ -196,12 +210,13 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
             acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
             mbarrier.arrive(their_turn, count=1)
             qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
+            mbarrier.arrive(k_empty.index(stage), count=1)
             # The softmax sits in a branch that is always taken (SKV >= 1): ptxas schedules the wait for P V below
             # right after the one above when both share a block, which would leave nothing to overlap
             # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
             if SKV > 0:
                 m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL,
-                                          HAS_WINDOW, HAS_DOC, SOFTCAP, s_layout)
+                                          HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
                 alpha = gl.exp2(m_i - m_ref)
                 l_new = l_i * alpha + gl.sum(p, axis=1)
                 p_next = gl.convert_layout(p.to(dtype), p_layout)
@@ -209,7 +224,7 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
                 m_new, l_new, p_next = m_i, l_i, p_op
             m_i, l_i = m_new, l_new
             acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
-            mbarrier.arrive(kv_empty.index(prev), count=1)  # this group is done with the previous block's K and V
+            mbarrier.arrive(v_empty.index(prev), count=1)
             p_op = p_next
 
         last = (n_blocks - 1) % STAGES
@@ -219,7 +234,7 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
         acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
         mbarrier.arrive(their_turn, count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(kv_empty.index(last), count=1)
+        mbarrier.arrive(v_empty.index(last), count=1)
 
     # A row that saw no key (all padding, or above the diagonal when there are more rows than keys): zeros, and an
     # LSE of +inf, as forward.py writes them.
@@ -236,20 +251,23 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
-        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, DocStart, qk_scale, sm_scale, softcap, window,
-        stride_ob, stride_oh, stride_om, stride_doc_b,
+        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, Holes, KeyKeep, DocStart, qk_scale, sm_scale, softcap, window,
+        stride_ob, stride_oh, stride_om, stride_keep_b, stride_doc_b,
         H, GROUP, SQ, SKV,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-        HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr):
+        HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
+        SOFTCAP: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
-    (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); window the
+    (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); Holes (B,)
+    int8 whether batch row b's kept keys have gaps and KeyKeep (B, SKV) int8 rows stride_keep_b apart the mask itself
+    (read with HAS_HOLES); window the
     sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows stride_doc_b apart, each row's packed
     document start (with HAS_DOC); qk_scale the scale times log2(e), sm_scale the scale, softcap the cap (read with
     SOFTCAP); grid (cdiv(SQ, 128), B * H)."""
-    # A group reads block j's K and block j - 1's V at once: with one stage the loader would wait for a release that
-    # waits for it.
-    gl.static_assert(STAGES >= 2, "the K/V ring needs at least two stages")
+    # A group reads block j's K and block j - 1's V at once: with one stage the loads and the matmuls would take
+    # turns.
+    gl.static_assert(STAGES >= 2, "the K and V rings need at least two stages")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -258,26 +276,28 @@ def attention_fwd_hopper_kernel(
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(turn.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=2)  # both consumer groups release a stage
+        mbarrier.init(k_empty.index(i), count=2)  # both consumer groups release a buffer
+        mbarrier.init(v_empty.index(i), count=2)
     mbarrier.arrive(turn.index(0), count=1)  # group 0 issues first
 
     io = (q_desc, k_desc, v_desc, O, Lse, stride_ob, stride_oh, stride_om)
     shape = (H, GROUP, SQ, SKV)
-    mask = (KvLo, KvHi, window, DocStart, stride_doc_b)
+    mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)
-    bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, kv_empty, turn)
+    bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn)
     gl.warp_specialize([
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,
-                     SOFTCAP, 0)),
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,
-                     SOFTCAP, 1)),
+        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                     HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
+        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                     HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
         (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 

@@ -198,16 +198,25 @@ def _on_tensor_device(run):
     return on_device
 
 
-# The Gluon forward (hopper_forward.py) on Hopper, for what its docstring lists: off until the device's A/B decides
-# (benchmarks/hopper_ab.py, NOTES.md entry 13). Per head size, its key block and ring depth.
-HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "0") == "1"
-HOPPER_FORWARD_TILES = {64: (128, 3), 128: (128, 2), 256: (64, 2)}
+# The Gluon forward (hopper_forward.py) on Hopper, for what its docstring lists (HF_SDPA_HOPPER_FORWARD=0 turns it
+# off). Per head size, its key block and ring depth: 128 and 256, where it measured 6-21% faster than forward.py
+# (benchmarks/hopper_ab.py, NOTES.md entry 14); at 64 forward.py stays, 4-8% faster. HOPPER_FORWARD_MIN_KEYS: the
+# key length from which it pays per head size; below, forward.py's lighter programs win (head size 128: 6% at 1024
+# keys, 7-14% at 512; head size 256 wins at 512 too).
+HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "1") == "1"
+HOPPER_FORWARD_TILES = {128: (128, 2), 256: (64, 2)}
+HOPPER_FORWARD_MIN_KEYS = {128: 2048}
+
+
+def hopper_forward_pays(head_dim: int, kv_len: int) -> bool:
+    """Whether the Gluon forward measured faster than forward.py at this head size and key length."""
+    return head_dim in HOPPER_FORWARD_TILES and kv_len >= HOPPER_FORWARD_MIN_KEYS.get(head_dim, 0)
 
 
 def hopper_forward_fits(q, k, p: Pattern) -> bool:
     """Whether hopper_forward.py's scope holds the input (its docstring), the device aside."""
     return (q.dtype in (torch.float16, torch.bfloat16) and q.shape[3] in HOPPER_FORWARD_TILES and q.shape[2] >= 1
-            and k.shape[2] >= 1 and p.key_keep is None and p.dropout_p == 0 and p.scale > 0)
+            and k.shape[2] >= 1 and p.dropout_p == 0 and p.scale > 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -227,13 +236,13 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[q.dtype]
     descriptors = [GluonDescriptor(t, list(t.shape), st, [1, 1, rows, D], shared_layout((1, 1, rows, D), dtype))
                    for t, st, rows in zip((q, k, v), strides, (ROWS_PER_GROUP.value, block_n, block_n))]
-    (kv_lo, kv_hi, _, _, documents), (qk_scale, sm_scale, softcap, window, _, _), (_, s_doc), flags = \
+    (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
     HOPPER_FWD(
-        (cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, kv_lo, kv_hi, documents, qk_scale,
-        sm_scale, softcap, window, *out.stride()[:3], s_doc, H, H // k.shape[1], SQ, SKV, HEAD_DIM=D,
-        BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
-        HAS_WINDOW=flags["HAS_WINDOW"], HAS_DOC=flags["HAS_DOC"], SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value,
+        (cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep,
+        documents, qk_scale, sm_scale, softcap, window, *out.stride()[:3], s_keep, s_doc, H, H // k.shape[1], SQ, SKV,
+        HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
+        HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"], SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value,
         num_warps=4)
     _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
               stages=stages, TMA=True)
@@ -247,7 +256,7 @@ def run_forward(q, k, v, p: Pattern):
     SKV = k.shape[2]
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
-    if (HOPPER_FORWARD and HOPPER_FWD is not None and hopper_forward_fits(q, k, p)
+    if (HOPPER_FORWARD and HOPPER_FWD is not None and hopper_forward_fits(q, k, p) and hopper_forward_pays(D, SKV)
             and _is_hopper(q.device) and _run_forward_hopper(q, k, v, p, out, lse)):
         return out, lse
     block_d = head_block(D)

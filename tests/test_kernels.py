@@ -340,9 +340,8 @@ def dense_pattern(**changes):
     (dict(), dict(dtype=torch.float32), False),
     (dict(), dict(d=256), True),
     (dict(), dict(d=80), False),
-    (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1)), {}, True),  # padding: one range of keys per batch row
+    (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1), key_keep=torch.ones(1, 32), holes=torch.ones(1)), {}, True),
     (dict(window=8), {}, True),
-    (dict(kv_lo=torch.zeros(1), kv_hi=torch.ones(1), key_keep=torch.ones(1, 32), holes=torch.ones(1)), {}, False),
     (dict(softcap=30.0), {}, True),
     (dict(documents=torch.zeros(1, 2, 16)), {}, True),
     (dict(dropout_p=0.1), {}, False),
@@ -356,6 +355,13 @@ def test_the_gluon_forward_scope(changes, shapes, fits):
     q = torch.empty(1, 4, shape["sq"], shape["d"], dtype=shape["dtype"])
     k = torch.empty(1, 2, shape["skv"], shape["d"], dtype=shape["dtype"])
     assert ops.hopper_forward_fits(q, k, dense_pattern(**changes)) == fits
+
+
+@pytest.mark.parametrize("head_dim, kv_len, pays", [(128, 4096, True), (128, 2048, True), (128, 1024, False),
+                                                   (256, 512, True), (64, 8192, False)])
+def test_the_gluon_forward_runs_where_it_measured_faster(head_dim, kv_len, pays):
+    """ops.hopper_forward_pays: head sizes 128 (from 2048 keys) and 256, as benchmarks/NOTES.md entry 14 measured."""
+    assert ops.hopper_forward_pays(head_dim, kv_len) == pays
 
 
 def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
@@ -375,6 +381,7 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
     monkeypatch.setattr(ops.HOPPER_FWD, "kernel", Stub())
     monkeypatch.setattr(ops.HOPPER_FWD, "direct", False)  # through the kernel object, as under the interpreter
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})  # the kernel at every key length
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     q = torch.randn(2, 300, 8, 128, dtype=torch.bfloat16).transpose(1, 2)  # the model's layout
     k, v = (torch.randn(2, 2, 300, 128, dtype=torch.bfloat16) for _ in range(2))
@@ -395,17 +402,18 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
 HOPPER_CASES = [
     # b, h, hk, sq, skv, d, options: lengths off the 128-row and key blocks
     (2, 8, 2, 1000, 1000, 128, dict(causal=True)),
-    (2, 8, 8, 4097, 4097, 64, dict(causal=True)),
+    (2, 8, 8, 4097, 4097, 128, dict(causal=True)),
     (1, 4, 1, 300, 300, 128, dict()),                        # MQA, bidirectional
     (2, 4, 2, 200, 777, 128, dict(causal=True)),             # chunked prefill, bottom-right
-    (2, 4, 2, 129, 1025, 64, dict()),
-    (2, 4, 2, 700, 300, 64, dict()),                          # more rows than keys
+    (2, 4, 2, 129, 1025, 256, dict()),
+    (2, 4, 2, 700, 300, 128, dict()),                         # more rows than keys
     (1, 4, 4, 2048, 2048, 128, dict(causal=True, transposed=True)),  # the model's (B, S, H, D) buffers
     (1, 2, 2, 1, 513, 128, dict(causal=True)),
     (2, 4, 1, 333, 333, 256, dict(causal=True)),
     (1, 2, 2, 100, 260, 256, dict()),
     (3, 4, 2, 700, 700, 128, dict(causal=True, padding="left")),   # the left-padded rows see no key
-    (3, 4, 2, 300, 300, 64, dict(padding="right")),
+    (3, 4, 2, 300, 300, 256, dict(padding="right")),
+    (3, 4, 2, 600, 600, 128, dict(causal=True, padding="holes")),  # the mask read per key
     (2, 4, 2, 1000, 1000, 128, dict(causal=True, window=130)),
     (3, 4, 1, 500, 500, 256, dict(causal=True, window=70, padding="left")),
     (2, 4, 2, 300, 100, 128, dict(causal=True)),                   # more rows than keys: the first rows see none
@@ -423,6 +431,7 @@ def test_gpu_gluon_forward(case, dtype, monkeypatch):
     if ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})  # the kernel at every key length
     ran = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
     b, h, hk, sq, skv, d, options = case

@@ -148,8 +148,9 @@ def test_the_gluon_forward_relaunches_with_all_parameters(monkeypatch):
     monkeypatch.setattr(ops.HOPPER_FWD, "direct", True)
     monkeypatch.setattr(ops.HOPPER_FWD, "compiled", {})
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})  # the kernel at every key length
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
-    q, k, v = (torch.randn(2, 4, 300, 64, dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(2, 4, 300, 128, dtype=torch.bfloat16) for _ in range(3))
     for _ in range(2):
         ops.run_forward(q, k, v, ops.Pattern(None, None, None, None, None, True, None, None, 0.125, 0.0, 0, None))
     assert [entry[0] for entry in fake.log] == ["triton", "direct"]

@@ -12,9 +12,10 @@ language, writes the schedule out. One program takes 128 query rows and runs thr
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
   of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
 
-Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256, causal (aligned to the
-last key) or not, GQA, a positive scale, a padding mask (read per key only in batch rows whose kept keys have gaps),
-a sliding window, logit softcapping, packed documents (each row's keys from its document's start on); no dropout.
+Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256 (ops sends 128 and 256,
+where it measured faster: benchmarks/NOTES.md entry 14), causal (aligned to the last key) or not, GQA, a positive
+scale, a padding mask (read per key only in batch rows whose kept keys have gaps), a sliding window, logit
+softcapping, packed documents (each row's keys from its document's start on); no dropout.
 Outputs are forward.py's: O, and the row log-sum-exp in log2 units (zeros and +inf for a row that sees no key).
 """
 import functools
@@ -261,10 +262,9 @@ def attention_fwd_hopper_kernel(
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); Holes (B,)
     int8 whether batch row b's kept keys have gaps and KeyKeep (B, SKV) int8 rows stride_keep_b apart the mask itself
-    (read with HAS_HOLES); window the
-    sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows stride_doc_b apart, each row's packed
-    document start (with HAS_DOC); qk_scale the scale times log2(e), sm_scale the scale, softcap the cap (read with
-    SOFTCAP); grid (cdiv(SQ, 128), B * H)."""
+    (read with HAS_HOLES); window the sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows
+    stride_doc_b apart, each row's packed document start (with HAS_DOC); qk_scale the scale times log2(e),
+    sm_scale the scale, softcap the cap (read with SOFTCAP); grid (cdiv(SQ, 128), B * H)."""
     # A group reads block j's K and block j - 1's V at once: with one stage the loads and the matmuls would take
     # turns.
     gl.static_assert(STAGES >= 2, "the K and V rings need at least two stages")

@@ -242,8 +242,8 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
         (cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep,
         documents, qk_scale, sm_scale, softcap, window, *out.stride()[:3], s_keep, s_doc, H, H // k.shape[1], SQ, SKV,
         HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
-        HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"], SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value,
-        num_warps=4)
+        HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
+        SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
     _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
               stages=stages, TMA=True)
     return True

@@ -18,9 +18,10 @@ from .launch import GluonDescriptor, Launcher, TensorDescriptor, unchecked_descr
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 try:  # Gluon's Hopper language (Triton 3.6 and later)
+    from .hopper_backward import attention_bwd_dkdv_hopper_kernel
     from .hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel, shared_layout
 except ImportError:
-    attention_fwd_hopper_kernel = None
+    attention_fwd_hopper_kernel = attention_bwd_dkdv_hopper_kernel = None
 
 
 # Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
@@ -29,7 +30,8 @@ FUSED = dict(enable_fp_fusion=True)
 
 FORWARD, DECODE, DQ, DKDV = map(Launcher, (attention_fwd_kernel, attention_decode_kernel, attention_bwd_dq_kernel,
                                          attention_bwd_dkdv_kernel))
-HOPPER_FWD = Launcher(attention_fwd_hopper_kernel) if attention_fwd_hopper_kernel is not None else None
+HOPPER_FWD, HOPPER_DKDV = (Launcher(k) if k is not None else None
+                           for k in (attention_fwd_hopper_kernel, attention_bwd_dkdv_hopper_kernel))
 
 # Called as hook(kernel_name, info) for each launch (blocks, warps, stages, TMA); hf_sdpa.trace and the doctor
 # add one to see which kernel ran and how.
@@ -225,17 +227,26 @@ def _is_hopper(device: torch.device) -> bool:
     return has_tma(device) and torch.cuda.get_device_capability(device) == (9, 0)
 
 
+def _gluon_descriptors(tensors: tuple, rows: tuple):
+    """Gluon descriptors reading (rows, D) tiles of each (B, heads, seq, D) tensor, or None where a tensor's strides
+    keep TMA from addressing it."""
+    strides = [_tma_strides(t) for t in tensors]
+    if None in strides:
+        return None
+    D = tensors[0].shape[3]
+    dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[tensors[0].dtype]
+    return [GluonDescriptor(t, list(t.shape), st, [1, 1, n, D], shared_layout((1, 1, n, D), dtype))
+            for t, st, n in zip(tensors, strides, rows)]
+
+
 def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     """The Gluon forward, or False where a tensor's strides keep TMA from addressing it."""
     B, H, SQ, D = q.shape
     SKV = k.shape[2]
     block_n, stages = HOPPER_FORWARD_TILES[D]
-    strides = [_tma_strides(t) for t in (q, k, v)]
-    if None in strides:
+    descriptors = _gluon_descriptors((q, k, v), (ROWS_PER_GROUP.value, block_n, block_n))
+    if descriptors is None:
         return False
-    dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[q.dtype]
-    descriptors = [GluonDescriptor(t, list(t.shape), st, [1, 1, rows, D], shared_layout((1, 1, rows, D), dtype))
-                   for t, st, rows in zip((q, k, v), strides, (ROWS_PER_GROUP.value, block_n, block_n))]
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
     HOPPER_FWD(
@@ -246,6 +257,48 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
         SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
     _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
               stages=stages, TMA=True)
+    return True
+
+
+# The Gluon dK/dV kernel (hopper_backward.py) on Hopper, for what its docstring lists (HF_SDPA_HOPPER_BACKWARD=0
+# turns it off). Per head size it compiles for: query block and ring depth. HOPPER_BACKWARD_MIN_KEYS: where it
+# measured faster than backward.py's, per head size (head size 128 from 2048 keys: the dK/dV pass 13-29% faster,
+# the backward 2-14%; at 512 keys 4% slower; head size 64 3-10% slower; benchmarks/NOTES.md entry 15). Softcap
+# stays on backward.py: its registers spill there (18% slower).
+HOPPER_BACKWARD = os.environ.get("HF_SDPA_HOPPER_BACKWARD", "1") == "1"
+HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2)}
+HOPPER_BACKWARD_MIN_KEYS = {128: 2048}
+
+
+def hopper_backward_fits(q, k, p: Pattern) -> bool:
+    """Whether hopper_backward.py's scope holds the input (its docstring), the device aside."""
+    return (q.dtype in (torch.float16, torch.bfloat16) and q.shape[3] in HOPPER_BACKWARD_TILES and q.shape[2] >= 1
+            and k.shape[2] >= 1 and p.dropout_p == 0)
+
+
+def hopper_backward_pays(head_dim: int, kv_len: int, p: Pattern) -> bool:
+    """Whether the Gluon dK/dV kernel measured faster than backward.py's for this head size, key length and pattern."""
+    return head_dim in HOPPER_BACKWARD_MIN_KEYS and kv_len >= HOPPER_BACKWARD_MIN_KEYS[head_dim] and p.softcap is None
+
+
+def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern):
+    """The Gluon dK/dV kernel, or False where a tensor's strides keep TMA from addressing it."""
+    B, H, SQ, D = q.shape
+    HK, SKV = k.shape[1], k.shape[2]
+    block_m, stages = HOPPER_BACKWARD_TILES[D]
+    keys = ROWS_PER_GROUP.value
+    descriptors = _gluon_descriptors((q, k, v, do), (block_m, keys, keys, block_m))
+    if descriptors is None:
+        return False
+    (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
+        _pattern_args(p, q)
+    HOPPER_DKDV(
+        (cdiv(SKV, 2 * keys), B * HK, 1), *descriptors, dk, dv, lse, delta, kv_lo, kv_hi, holes, key_keep, documents,
+        qk_scale, sm_scale, softcap, window, *dk.stride()[:3], *dv.stride()[:3], s_keep, s_doc, H, H // HK, SQ, SKV,
+        HEAD_DIM=D, BLOCK_M=block_m, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
+        HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
+        SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
+    _announce("attention_bwd_dkdv_hopper_kernel", BLOCK_M=block_m, BLOCK_N=2 * keys, warps=9, stages=stages, TMA=True)
     return True
 
 
@@ -350,6 +403,10 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, reach, tma, gqa), q, k, flags, launch_dq),
                              launch_dq, q, flags)
     _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)
+    if (HOPPER_BACKWARD and HOPPER_DKDV is not None and hopper_backward_fits(q, k, p)
+            and hopper_backward_pays(D, SKV, p) and _is_hopper(q.device)
+            and _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p)):
+        return dq, dk, dv
     cfg, used_tma = _fitting("dkdv", _choose("dkdv", dkdv_config(block_d, fp32, reach, tma, gqa), q, k, flags,
                                              launch_dkdv), launch_dkdv, q, flags)
     _announce("attention_bwd_dkdv_kernel", cfg, TMA=used_tma)

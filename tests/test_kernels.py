@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from conftest import DEVICE, HAS_GPU
 from hf_sdpa import AttentionRefused
 from hf_sdpa.kernels import attention, dropout_keep_mask, ops
+from hf_sdpa.kernels.config import interpreting
 from hf_sdpa.kernels.attention import documents_from_position_ids
 from reference import assert_within, attention_ref, pattern_mask
 
@@ -364,6 +365,14 @@ def test_the_gluon_forward_runs_where_it_measured_faster(head_dim, kv_len, pays)
     assert ops.hopper_forward_pays(head_dim, kv_len) == pays
 
 
+@pytest.mark.parametrize("head_dim, kv_len, changes, pays", [(128, 4096, dict(), True), (128, 1024, dict(), False),
+                                                          (64, 8192, dict(), False),
+                                                          (128, 8192, dict(softcap=30.0), False)])
+def test_the_gluon_backward_runs_where_it_measured_faster(head_dim, kv_len, changes, pays):
+    """ops.hopper_backward_pays: head size 128 from 2048 keys, without softcap (benchmarks/NOTES.md entry 15)."""
+    assert ops.hopper_backward_pays(head_dim, kv_len, dense_pattern(**changes)) == pays
+
+
 def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
     """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K and V and passes each of the
     kernel's parameters, in order, with a grid of 128-row blocks by batch x heads."""
@@ -397,6 +406,45 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
     assert (args["stride_ob"], args["stride_oh"], args["stride_om"]) == out.stride()[:3]
     assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 300, 300)
     assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (128, 128, 2, True)
+
+
+def test_the_gluon_backward_launch_binds_every_kernel_parameter(monkeypatch):
+    """As above for the Gluon dK/dV kernel, after the dQ kernel (run through the interpreter) has written Delta:
+    descriptors over Q, K, V and dO, a grid of 128-key blocks by batch x key/value heads."""
+    if ops.HOPPER_DKDV is None or not interpreting():
+        pytest.skip("the dQ kernel runs on the CPU through the interpreter; this Triton has Gluon's Hopper language")
+    real = ops.HOPPER_DKDV.kernel
+    calls = []
+
+    class Stub:
+        def __getitem__(self, grid):
+            def launch(*args, num_warps, **constexprs):
+                calls.append((grid, num_warps, inspect.signature(real.fn).bind(*args, **constexprs).arguments))
+            return launch
+
+    monkeypatch.setattr(ops.HOPPER_DKDV, "kernel", Stub())
+    monkeypatch.setattr(ops.HOPPER_DKDV, "direct", False)
+    monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
+    monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)  # at head size 64 too
+    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    q, do = (torch.randn(2, 40, 8, 64, dtype=torch.float16).transpose(1, 2) for _ in range(2))
+    k, v = (torch.randn(2, 2, 200, 64, dtype=torch.float16) for _ in range(2))
+    pattern = dense_pattern(scale=0.125, window=16)
+    out, lse = ops.run_forward(q, k, v, pattern)
+    dq, dk, dv = ops.run_backward(q, k, v, out, lse, do, pattern)
+    (grid, warps, args), = calls
+    assert grid == (2, 4, 1) and warps == 4
+    blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc", "do_desc")]
+    assert blocks == [[1, 1, 64, 64], [1, 1, 64, 64], [1, 1, 64, 64], [1, 1, 64, 64]]
+    assert args["do_desc"].strides == list(do.stride()) and args["v_desc"].base is v
+    assert args["DK"] is dk and args["DV"] is dv and args["Lse"] is lse
+    delta = (out.float() * do.float()).sum(-1)  # written by the dQ kernel, which ran first
+    torch.testing.assert_close(args["Delta"], delta, rtol=1e-3, atol=1e-3)
+    assert args["sm_scale"] == 0.125 and args["window"] == 16 and args["HAS_WINDOW"] and not args["HAS_PADDING"]
+    assert (args["stride_dkb"], args["stride_dkh"], args["stride_dkn"]) == dk.stride()[:3]
+    assert (args["stride_dvb"], args["stride_dvh"], args["stride_dvn"]) == dv.stride()[:3]
+    assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 40, 200)
+    assert (args["HEAD_DIM"], args["BLOCK_M"], args["STAGES"], args["CAUSAL"]) == (64, 64, 2, True)
 
 
 HOPPER_CASES = [
@@ -437,6 +485,35 @@ def test_gpu_gluon_forward(case, dtype, monkeypatch):
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
     assert ran[0] == "attention_fwd_hopper_kernel", ran
+
+
+# The Gluon dK/dV kernel's head sizes: the forward's cases at 128, a few at 64, and scales the forward leaves to
+# forward.py
+HOPPER_BACKWARD_CASES = [c for c in HOPPER_CASES if c[5] == 128] + [
+    (2, 8, 2, 1000, 1000, 64, dict(causal=True)),
+    (1, 4, 1, 300, 300, 64, dict()),
+    (3, 4, 2, 600, 600, 64, dict(causal=True, padding="holes")),
+    (3, 8, 4, 600, 600, 64, dict(causal=True, softcap=30.0, window=200, padding="left")),
+    (2, 4, 2, 200, 777, 64, dict(causal=True, scale=-0.2)),
+    (1, 4, 4, 2048, 2048, 64, dict(causal=True, transposed=True)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", HOPPER_BACKWARD_CASES,
+                         ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
+def test_gpu_gluon_backward(case, dtype, monkeypatch):
+    """The Gluon dK/dV kernel (switched on) against the float64 reference."""
+    if ops.HOPPER_DKDV is None or not ops._is_hopper(torch.device(DEVICE)):
+        pytest.skip("the Gluon backward runs on sm90 with a Triton that has Gluon's Hopper language")
+    monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
+    monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)  # where backward.py is faster too
+    ran = []
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
+    b, h, hk, sq, skv, d, options = case
+    run_case(b, h, hk, sq, skv, d, dtype, **options)
+    assert "attention_bwd_dkdv_hopper_kernel" in ran, ran
 
 
 DECODE_CASES = [

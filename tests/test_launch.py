@@ -158,6 +158,33 @@ def test_the_gluon_forward_relaunches_with_all_parameters(monkeypatch):
     assert grid == (3, 8, 1) and len(args) == len(fake.arg_names)
 
 
+def test_the_gluon_backward_relaunches_with_all_parameters(monkeypatch):
+    """As above for the Gluon dK/dV kernel's call site (switched on, Hopper assumed), the dQ kernel a stand-in too."""
+    if ops.HOPPER_DKDV is None:
+        pytest.skip("this Triton has no Gluon Hopper language")
+    monkeypatch.setattr(launch, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream", lambda device: 0)
+    fakes = {}
+    for name in ("DQ", "HOPPER_DKDV"):
+        launcher = getattr(ops, name)
+        fakes[name] = _Kernel(launcher.kernel.arg_names)
+        monkeypatch.setattr(launcher, "kernel", fakes[name])
+        monkeypatch.setattr(launcher, "direct", True)
+        monkeypatch.setattr(launcher, "compiled", {})
+    monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
+    monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)
+    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    q, k, v, out, do = (torch.randn(2, 4, 300, 128, dtype=torch.bfloat16) for _ in range(5))
+    lse = torch.randn(2, 4, 300)
+    pattern = ops.Pattern(None, None, None, None, None, True, None, None, 0.125, 0.0, 0, None)
+    for _ in range(2):
+        ops.run_backward(q, k, v, out, lse, do, pattern)
+    fake = fakes["HOPPER_DKDV"]
+    assert [entry[0] for entry in fake.log] == ["triton", "direct"]
+    _, grid, args, _ = fake.log[1]
+    assert grid == (3, 8, 1) and len(args) == len(fake.arg_names)
+
+
 @pytest.mark.gpu
 def test_misaligned_views_recompile():
     """Inputs whose start is not 16-byte aligned must not run the kernels compiled (and relaunched) for aligned

@@ -3,6 +3,7 @@ count the instructions of each loop body by kind, with the registers and stack a
 
     python benchmarks/sass_loops.py forward --head-dim 64 [--block-m 64 --block-n 64 --warps 4 --stages 3 --no-tma]
     python benchmarks/sass_loops.py hopper_forward --head-dim 128 --block-n 128 --stages 2   (the Gluon forward)
+    python benchmarks/sass_loops.py hopper_backward --head-dim 128 --block-m 64 --stages 2   (the Gluon dK/dV)
 
 Triton ships ptxas and nvdisasm, so this needs no device. The forward, dQ and dK/dV kernels walk their blocks in
 three phases (masked edge, unmasked middle, masked edge, kernels/tiles.py): the middle loop is where a long
@@ -67,19 +68,47 @@ def compile_for_gpu(name: str, num_warps: int = 4, num_stages: int = 3, capabili
 def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int = 2, causal: bool = True,
                            dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False,
                            documents: bool = False):
-    """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it: descriptors with the layouts
-    that ops builds, four warps for the first consumer group (the partitions add the rest)."""
+    """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it."""
+    from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel
+
+    rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
+    return _compile_gluon(attention_fwd_hopper_kernel, rows, head_dim, dtype,
+                          dict(BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
+                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap))
+
+
+def compile_hopper_backward(head_dim: int = 128, block_m: int = 64, stages: int = 2, causal: bool = True,
+                            dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False,
+                            documents: bool = False):
+    """kernels/hopper_backward.py's Gluon dK/dV kernel compiled for sm90 as ops launches it."""
+    from hf_sdpa.kernels.hopper_backward import attention_bwd_dkdv_hopper_kernel
+    from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP
+
+    keys = ROWS_PER_GROUP.value
+    rows = {"q_desc": block_m, "do_desc": block_m, "k_desc": keys, "v_desc": keys}
+    return _compile_gluon(attention_bwd_dkdv_hopper_kernel, rows, head_dim, dtype,
+                          dict(BLOCK_M=block_m, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
+                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap))
+
+
+# the Gluon kernels' pointer and float arguments; every other one is an int32
+GLUON_ARGS = {"O": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32", "KvLo": "*i32",
+              "KvHi": "*i32", "Holes": "*i8", "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32",
+              "sm_scale": "fp32", "softcap": "fp32"}
+
+
+def _compile_gluon(kernel, rows: dict, head_dim: int, dtype: str, constexprs: dict):
+    """A Gluon kernel compiled for sm90: descriptors (rows x head_dim tiles, per argument name) with the layouts that
+    ops builds, four warps for the first consumer group (the partitions add the rest). A padding mask always comes
+    with its per-key form (ops.Pattern), read in batch rows whose keys have gaps: HAS_HOLES follows HAS_PADDING."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel as kernel, shared_layout
+    from hf_sdpa.kernels.hopper_forward import shared_layout
 
     name = {"bf16": "bfloat16", "fp16": "float16"}[dtype]
-    rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
-    # A padding mask always comes with its per-key form (ops.Pattern), read in batch rows whose keys have gaps.
-    constexprs = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding,
-                      HAS_WINDOW=window, HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap)
+    constexprs = dict(constexprs, HEAD_DIM=head_dim)
     signature, attrs = {}, {}
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:
@@ -88,10 +117,8 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
             block = (1, 1, rows[p.name], head_dim)
             signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
         else:
-            signature[p.name] = {"O": f"*{dtype}", "Lse": "*fp32", "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8",
-                                 "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32", "sm_scale": "fp32",
-                                 "softcap": "fp32"}.get(p.name, "i32")
-            if p.name in ("O", "Lse", "KvLo", "KvHi", "Holes", "KeyKeep", "DocStart") or p.name.startswith("stride_"):
+            signature[p.name] = GLUON_ARGS.get(p.name, "i32").format(dtype=dtype)
+            if signature[p.name].startswith("*") or p.name.startswith("stride_"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource(kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=1))
@@ -159,7 +186,7 @@ def exponentials_between_waits(compiled) -> list:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kernel", choices=sorted(KERNELS) + ["hopper_forward"])
+    parser.add_argument("kernel", choices=sorted(KERNELS) + ["hopper_forward", "hopper_backward"])
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-m", type=int, default=64)
     parser.add_argument("--block-n", type=int, default=64)
@@ -168,13 +195,17 @@ def main():
     parser.add_argument("--no-tma", action="store_true")
     parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
     parser.add_argument("--masks", action="store_true",
-                        help="hopper_forward: with padding ranges, a window, softcap and packed documents")
+                        help="hopper_*: with padding ranges, a window, softcap and packed documents")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     if args.kernel == "hopper_forward":  # 128 rows in two consumer groups, a loader warp
         compiled = compile_hopper_forward(args.head_dim, args.block_n, args.stages, causal=not args.full,
                                           padding=args.masks, window=args.masks, softcap=args.masks,
                                           documents=args.masks)
+    elif args.kernel == "hopper_backward":  # 128 keys in two consumer groups, a loader warp
+        compiled = compile_hopper_backward(args.head_dim, args.block_m, args.stages, causal=not args.full,
+                                           padding=args.masks, window=args.masks, softcap=args.masks,
+                                           documents=args.masks)
     else:
         compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                    BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,

@@ -142,6 +142,14 @@ def best(rows):
     return min(ok, key=lambda r: r["ms"]) if ok else None
 
 
+def case_masks(case):
+    """attention()'s mask arguments of the case."""
+    return dict(key_padding_mask=left_padding(case["b"], case["s"]) if case["pad"] else None,
+                window=case["window"], softcap=case["softcap"],
+                position_ids=(torch.arange(case["s"], device="cuda") % case["documents"])[None]
+                if case["documents"] else None)
+
+
 def case_runs(case):
     """The case's inputs as two calls, the forward alone and forward+backward, and the leaves with gradients."""
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -150,10 +158,7 @@ def case_runs(case):
     q, k, v = (make_input(shape, case["layout"], g) for shape in (shape_q, shape_kv, shape_kv))
     dout = make_input(shape_q, case["layout"], g).detach()
     causal = case["causal"]
-    masks = dict(key_padding_mask=left_padding(case["b"], case["s"]) if case["pad"] else None,
-                 window=case["window"], softcap=case["softcap"],
-                 position_ids=(torch.arange(case["s"], device="cuda") % case["documents"])[None]
-                 if case["documents"] else None)
+    masks = case_masks(case)
 
     def fwd():
         with torch.no_grad():

@@ -1,0 +1,198 @@
+"""The Gluon dK/dV kernel (kernels/hopper_backward.py) against backward.py's and torch's cuDNN and FA2, interleaved.
+
+    python benchmarks/hopper_bwd_ab.py --out DIR [--cases d128-gqa-s4096-causal,...] [--tiles 128:64x3,...]
+
+Per case (tune.py's case names; with padding, a window, softcap or documents no torch backend is timed): first
+each Gluon variant's gradients against backward.py's (the largest difference over the largest magnitude, per
+gradient; a variant that did not run the Gluon kernel or differs by more than bf16 rounding is not timed), then
+the backward alone (one forward kept, its graph retained) and forward+backward, the variants taking turns round by
+round as in hopper_ab.py. Every variant runs ops' default forward, so the differences are the dK/dV pass's.
+Variants: 'triton' (backward.py), 'gluon' (ops.HOPPER_BACKWARD_TILES) and one per --tiles entry (head size:query
+block x ring stages), 'sdpa_cudnn', 'sdpa_fa2'. Medians in ms and, for unmasked cases, TFLOP/s (FlashAttention's
+count: backward 2.5x the forward's 4*b*h*s*s*d, halved when causal); --profile adds each variant's kernel times
+of one backward call. Writes hopper_bwd_ab.json and .md.
+"""
+import argparse
+import contextlib
+import json
+import os
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
+
+from hf_sdpa.kernels import ops
+from hf_sdpa.kernels.attention import attention
+from hopper_ab import TORCH, flops, runs
+from tune import case_masks, case_runs, masked, parse_case, time_ms
+
+DEFAULT_CASES = ("d128-gqa-s4096-causal,d128-mha-s8192-causal,d128-mha-s8192-full,d128-gqa-s16384-causal,"
+                 "d128-gqa-s2048-causal,d64-mha-s8192-causal,d64-gqa-s4096-full,d64-gqa-s2048-causal,"
+                 "d128-gqa-s4096-causal-b2-bshd,d128-mha-s512-causal-b32,d64-mha-s512-causal-b32,"
+                 "d128-gqa-s4096-causal-b4-pad,d128-gqa-s4096-causal-b4-w1024,d128-gqa-s4096-causal-b4-cap50,"
+                 "d128-gqa-s8192-causal-b1-doc1024")
+
+
+@contextlib.contextmanager
+def variant(name, d):
+    """ops as the variant runs: the Gluon dK/dV kernel on (wherever its scope holds the input) or off, and its tiles
+    for head size d (gluon_64x3: query block x ring stages)."""
+    saved = ops.HOPPER_BACKWARD, dict(ops.HOPPER_BACKWARD_TILES), ops.hopper_backward_pays
+    ops.HOPPER_BACKWARD = name.startswith("gluon")
+    ops.hopper_backward_pays = lambda *args: True
+    if name.startswith("gluon_"):
+        ops.HOPPER_BACKWARD_TILES[d] = tuple(map(int, name.removeprefix("gluon_").split("x")))
+    try:
+        yield
+    finally:
+        ops.HOPPER_BACKWARD, ops.HOPPER_BACKWARD_TILES, ops.hopper_backward_pays = saved
+
+
+def gradients(fwd_bwd, leaves):
+    for t in leaves:
+        t.grad = None
+    fwd_bwd()
+    return [t.grad.float() for t in leaves]
+
+
+def check(case, fwd_bwd, leaves, names):
+    """Each Gluon variant's kernel and, per gradient, its largest difference from backward.py's over the largest
+    magnitude."""
+    with variant("triton", case["d"]):
+        ours = gradients(fwd_bwd, leaves)
+    checks = {}
+    for name in names:
+        ran = []
+        ops.LAUNCH_HOOKS.append(lambda kernel, info: ran.append(kernel))
+        try:
+            with variant(name, case["d"]):
+                grads = gradients(fwd_bwd, leaves)
+        finally:
+            ops.LAUNCH_HOOKS.pop()
+        checks[name] = dict(kernel="attention_bwd_dkdv_hopper_kernel" if "attention_bwd_dkdv_hopper_kernel" in ran
+                            else None, **{g: ((a - b).abs().max() / b.abs().max()).item()
+                                          for g, a, b in zip(("dq", "dk", "dv"), grads, ours)})
+    return checks
+
+
+def correct(c):
+    return c["kernel"] is not None and max(c["dq"], c["dk"], c["dv"]) <= 2e-2
+
+
+def backward_only(forward, case, name, q, k, v, dout):
+    """The backward alone: one forward whose graph is kept, its gradients taken again at each call."""
+    if name in TORCH:
+        with sdpa_kernel([TORCH[name]]):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=case["causal"], enable_gqa=True)
+    else:
+        out = forward()
+    return lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+
+
+def kernel_times(fn, calls=5):
+    """GPU time per call of each kernel that fn launches (torch.profiler), in ms, the longest first."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    times = {}
+    for e in prof.key_averages():
+        if e.device_type.name == "CUDA" and e.device_time_total > 0:
+            times[e.key[:60]] = e.device_time_total / 1e3 / calls
+    return dict(sorted(times.items(), key=lambda kv: -kv[1])[:6])
+
+
+def measure(case_name, extra_tiles, rounds, profiled):
+    case = parse_case(case_name)
+    fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
+    masks = case_masks(case)
+
+    def forward():
+        return attention(q, k, v, causal=case["causal"], **masks)
+    gluons = ["gluon"] + [f"gluon_{tiles}" for d, tiles in extra_tiles if int(d) == case["d"]]
+    result = dict(case=case_name, checks=check(case, fwd_bwd, (q, k, v), gluons), bwd_ms={}, fwd_bwd_ms={})
+    names = ["triton"] + [g for g in gluons if correct(result["checks"][g])]
+    names += [] if masked(case) else list(TORCH)
+    times = {n: ([], []) for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in (order if r % 2 == 0 else order[::-1]):
+            _, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
+            with variant(name, case["d"]):
+                times[name][0].append(time_ms(backward_only(forward, case, name, q, k, v, dout), (q, k, v),
+                                              rep=60))
+                times[name][1].append(time_ms(fb, (q, k, v), rep=60))
+    if profiled:  # where the backward's time goes, per variant
+        result["kernels_ms"] = {}
+        for name in names:
+            with variant(name, case["d"]):
+                result["kernels_ms"][name] = kernel_times(backward_only(forward, case, name, q, k, v, dout))
+    if rounds:
+        f_flop, fb_flop = flops(case)
+        for name, (b_ms, fb_ms) in times.items():
+            result["bwd_ms"][name] = statistics.median(b_ms)
+            result["fwd_bwd_ms"][name] = statistics.median(fb_ms)
+        result["bwd_tflops"] = {n: (fb_flop - f_flop) / ms / 1e9 for n, ms in result["bwd_ms"].items()}
+        result["fwd_bwd_tflops"] = {n: fb_flop / ms / 1e9 for n, ms in result["fwd_bwd_ms"].items()}
+    return result
+
+
+def cell(result, name):
+    if name not in result["bwd_ms"]:
+        return "-"
+    if masked(parse_case(result["case"])):
+        return f"{result['bwd_ms'][name]:.3f} / {result['fwd_bwd_ms'][name]:.3f}"
+    return f"{result['bwd_tflops'][name]:.0f} / {result['fwd_bwd_tflops'][name]:.0f}"
+
+
+def markdown(results, device, rounds):
+    timed = [r for r in results if r["bwd_ms"]]
+    names = []
+    for r in timed:
+        names += [n for n in r["bwd_ms"] if n not in names]
+    lines = [f"# The Gluon dK/dV kernel against backward.py, cuDNN and FA2: {device}", "",
+             f"bf16, medians of {rounds} interleaved rounds; backward / forward+backward in TFLOP/s (masked cases: "
+             "ms).", "", "| case | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+    lines += [f"| {r['case']} | " + " | ".join(cell(r, n) for n in names) + " |" for r in timed]
+    profiled = [r for r in results if r.get("kernels_ms")]
+    if profiled:
+        lines += ["", "Kernel time per backward call (ms, torch.profiler):", ""]
+        lines += [f"- {r['case']} {name}: " + ", ".join(f"{k} {ms:.3f}" for k, ms in times.items())
+                  for r in profiled for name, times in r["kernels_ms"].items()]
+    lines += ["", "Checks: each Gluon variant's gradients against backward.py's, the largest difference over the "
+              "largest magnitude.", ""]
+    lines += [f"- {r['case']} {name}: {c['kernel']}, dq {c['dq']:.1e}, dk {c['dk']:.1e}, dv {c['dv']:.1e}"
+              for r in results for name, c in r["checks"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="benchmarks/results/local")
+    p.add_argument("--cases", default=DEFAULT_CASES)
+    p.add_argument("--tiles", default="", help="extra Gluon tiles, head size:query block x stages, comma-separated")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--profile", action="store_true", help="each variant's kernel times of one backward call")
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    extra = [t.split(":") for t in a.tiles.split(",") if t]
+    results = []
+    for case_name in a.cases.split(","):
+        results.append(measure(case_name, extra, a.rounds, a.profile))
+        print(json.dumps(results[-1]), flush=True)
+        torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name()
+    with open(os.path.join(a.out, "hopper_bwd_ab.json"), "w") as f:
+        json.dump(dict(device=device, rounds=a.rounds, results=results), f, indent=1)
+    text = markdown(results, device, a.rounds)
+    with open(os.path.join(a.out, "hopper_bwd_ab.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,6 @@ echo "tests: exit $tests"; tail -n 4 "$OUT/r/tests_gluon_backward_gpu.txt"
 rounds=${ROUNDS:-3}; [ "$tests" = 0 ] || rounds=0
 if [ "$tests" != 124 ]; then
   timeout ${AB_TIMEOUT:-330} python3 benchmarks/hopper_bwd_ab.py --out "$OUT/r/hopper_bwd_ab" --rounds $rounds \
-    --tiles "${TILES:-128:64x3,64:64x3}" ${CASES:+--cases $CASES} ${PROFILE:+--profile} > "$OUT/r/hopper_bwd_ab_log.txt" 2>&1
+    --tiles "${TILES-128:64x3,64:64x3}" ${CASES:+--cases $CASES} ${PROFILE:+--profile} > "$OUT/r/hopper_bwd_ab_log.txt" 2>&1
   echo "ab (rounds $rounds): exit $?"; tail -n 30 "$OUT/r/hopper_bwd_ab_log.txt"
 fi

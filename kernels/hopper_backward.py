@@ -22,7 +22,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, hardware_tanh, load_block,
-                             padding_range)
+                             mma_layout, padding_range)
 from .tiles import LOG2E
 
 
@@ -114,10 +114,8 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
     KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b = mask
     q_ring, do_ring, q_ready, do_ready, empty, k_smem, v_smem, kv_ready = bufs
     dtype: gl.constexpr = k_desc.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_M, 16])
-    kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                        instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = mma_layout(BLOCK_M)
+    kv_layout: gl.constexpr = mma_layout(HEAD_DIM)
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
     keys_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_s: gl.constexpr = gl.SliceLayout(0, s_layout)

@@ -34,6 +34,12 @@ LOADER_REGISTERS = gl.constexpr(24)
 CONSUMER_REGISTERS = gl.constexpr(240)
 
 
+@gluon.constexpr_function
+def mma_layout(columns):
+    """The layout of one warpgroup's MMA accumulator with the given columns (the MMA's N); 16 rows per warp."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, columns, 16])
+
+
 @gluon.jit
 def load_block(desc, b, head, start, bar, dest):
     mbarrier.expect(bar, desc.block_type.nbytes)
@@ -145,10 +151,8 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
     KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b = mask
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
     dtype: gl.constexpr = q_desc.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = mma_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)

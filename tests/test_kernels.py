@@ -373,12 +373,10 @@ def test_the_gluon_backward_runs_where_it_measured_faster(head_dim, kv_len, chan
     assert ops.hopper_backward_pays(head_dim, kv_len, dense_pattern(**changes)) == pays
 
 
-def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
-    """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K and V and passes each of the
-    kernel's parameters, in order, with a grid of 128-row blocks by batch x heads."""
-    if ops.HOPPER_FWD is None:
-        pytest.skip("this Triton has no Gluon Hopper language")
-    real = ops.HOPPER_FWD.kernel
+def stub_launches(monkeypatch, launcher) -> list:
+    """launcher's kernel replaced by a stub that records each launch: (grid, warps, every kernel parameter bound by
+    name), so that a CPU sees what ops would launch on a GPU."""
+    real = launcher.kernel
     calls = []
 
     class Stub:
@@ -387,8 +385,17 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
                 calls.append((grid, num_warps, inspect.signature(real.fn).bind(*args, **constexprs).arguments))
             return launch
 
-    monkeypatch.setattr(ops.HOPPER_FWD, "kernel", Stub())
-    monkeypatch.setattr(ops.HOPPER_FWD, "direct", False)  # through the kernel object, as under the interpreter
+    monkeypatch.setattr(launcher, "kernel", Stub())
+    monkeypatch.setattr(launcher, "direct", False)  # through the kernel object, as under the interpreter
+    return calls
+
+
+def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
+    """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K and V and passes each of the
+    kernel's parameters, in order, with a grid of 128-row blocks by batch x heads."""
+    if ops.HOPPER_FWD is None:
+        pytest.skip("this Triton has no Gluon Hopper language")
+    calls = stub_launches(monkeypatch, ops.HOPPER_FWD)
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
     monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})  # the kernel at every key length
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
@@ -413,17 +420,7 @@ def test_the_gluon_backward_launch_binds_every_kernel_parameter(monkeypatch):
     descriptors over Q, K, V and dO, a grid of 128-key blocks by batch x key/value heads."""
     if ops.HOPPER_DKDV is None or not interpreting():
         pytest.skip("the dQ kernel runs on the CPU through the interpreter; this Triton has Gluon's Hopper language")
-    real = ops.HOPPER_DKDV.kernel
-    calls = []
-
-    class Stub:
-        def __getitem__(self, grid):
-            def launch(*args, num_warps, **constexprs):
-                calls.append((grid, num_warps, inspect.signature(real.fn).bind(*args, **constexprs).arguments))
-            return launch
-
-    monkeypatch.setattr(ops.HOPPER_DKDV, "kernel", Stub())
-    monkeypatch.setattr(ops.HOPPER_DKDV, "direct", False)
+    calls = stub_launches(monkeypatch, ops.HOPPER_DKDV)
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
     monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)  # at head size 64 too
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)

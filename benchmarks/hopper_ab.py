@@ -114,42 +114,70 @@ def measure(case_name, extra_tiles, rounds):
     result = dict(case=case_name, checks=check(case, fwd, q, k, v, gluons), fwd_ms={}, fwd_bwd_ms={})
     names = ["triton"] + [g for g in gluons if correct(result["checks"][g])]
     names += [] if masked(case) else list(TORCH)  # sdpa_fa2 refuses masks, sdpa_cudnn takes them as a bias
+    def timed(name):
+        f, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
+        with variant(name, case["d"]):
+            return time_ms(f, rep=60), time_ms(fb, (q, k, v), rep=60)
+    if rounds:
+        f_flop, fb_flop = flops(case)
+        summarize(result, interleaved(names, rounds, timed), "fwd", f_flop, fb_flop)
+    return result
+
+
+def interleaved(names, rounds, timed):
+    """Per name, the two lists of times that timed(name) returns once a round, the names taking turns (the order
+    rotated each round and reversed every other one, so that no name always follows the same one)."""
     times = {n: ([], []) for n in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in (order if r % 2 == 0 else order[::-1]):
-            f, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
-            with variant(name, case["d"]):
-                times[name][0].append(time_ms(f, rep=60))
-                times[name][1].append(time_ms(fb, (q, k, v), rep=60))
-    if rounds:
-        f_flop, fb_flop = flops(case)
-        for name, (f_ms, fb_ms) in times.items():
-            result["fwd_ms"][name] = statistics.median(f_ms)
-            result["fwd_bwd_ms"][name] = statistics.median(fb_ms)
-        result["fwd_tflops"] = {n: f_flop / ms / 1e9 for n, ms in result["fwd_ms"].items()}
-        result["fwd_bwd_tflops"] = {n: fb_flop / ms / 1e9 for n, ms in result["fwd_bwd_ms"].items()}
-    return result
+            for kept, ms in zip(times[name], timed(name)):
+                kept.append(ms)
+    return times
 
 
-def cell(result, name):
-    """forward / forward+backward: TFLOP/s, or ms for masked cases (their FLOP count is not the dense one)."""
-    if name not in result["fwd_ms"]:
+def summarize(result, times, first: str, first_flop: float, fb_flop: float):
+    """The medians of interleaved()'s times into result (first: "fwd" or "bwd", the pass timed besides
+    forward+backward) and their TFLOP/s."""
+    for name, (first_ms, fb_ms) in times.items():
+        result[f"{first}_ms"][name] = statistics.median(first_ms)
+        result["fwd_bwd_ms"][name] = statistics.median(fb_ms)
+    result[f"{first}_tflops"] = {n: first_flop / ms / 1e9 for n, ms in result[f"{first}_ms"].items()}
+    result["fwd_bwd_tflops"] = {n: fb_flop / ms / 1e9 for n, ms in result["fwd_bwd_ms"].items()}
+
+
+def cell(result, name, first: str = "fwd"):
+    """first / forward+backward: TFLOP/s, or ms for masked cases (their FLOP count is not the dense one)."""
+    if name not in result[f"{first}_ms"]:
         return "-"
     if masked(parse_case(result["case"])):
-        return f"{result['fwd_ms'][name]:.3f} / {result['fwd_bwd_ms'][name]:.3f}"
-    return f"{result['fwd_tflops'][name]:.0f} / {result['fwd_bwd_tflops'][name]:.0f}"
+        return f"{result[f'{first}_ms'][name]:.3f} / {result['fwd_bwd_ms'][name]:.3f}"
+    return f"{result[f'{first}_tflops'][name]:.0f} / {result['fwd_bwd_tflops'][name]:.0f}"
+
+
+def timing_table(results, title: str, rounds: int, first: str = "fwd") -> list:
+    """A Markdown title and table: one row per timed case, one column per variant any case timed, ours first."""
+    timed = [r for r in results if r[f"{first}_ms"]]
+    names = []
+    for r in timed:
+        names += [n for n in r[f"{first}_ms"] if n not in names]
+    passes = {"fwd": "forward", "bwd": "backward"}[first]
+    lines = [f"# {title}", "", f"bf16, medians of {rounds} interleaved rounds; {passes} / forward+backward in TFLOP/s "
+             "(masked cases: ms).", "", "| case | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+    return lines + [f"| {r['case']} | " + " | ".join(cell(r, n, first) for n in names) + " |" for r in timed]
+
+
+def save(out: str, stem: str, results, rounds: int, text: str):
+    """stem.json (every number) and stem.md (text) in out, and text printed."""
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name(), rounds=rounds, results=results), f, indent=1)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(text)
+    print(text)
 
 
 def markdown(results, device, rounds):
-    timed = [r for r in results if r["fwd_ms"]]
-    names = []
-    for r in timed:  # every variant any case timed, ours first
-        names += [n for n in r["fwd_ms"] if n not in names]
-    lines = [f"# The Gluon forward against forward.py, cuDNN and FA2: {device}", "",
-             f"bf16, medians of {rounds} interleaved rounds; forward / forward+backward in TFLOP/s (masked cases: "
-             "ms).", "", "| case | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
-    lines += [f"| {r['case']} | " + " | ".join(cell(r, n) for n in names) + " |" for r in timed]
+    lines = timing_table(results, f"The Gluon forward against forward.py, cuDNN and FA2: {device}", rounds)
     lines += ["", "Checks (largest absolute difference): each Gluon variant against forward.py, and for unmasked "
               "cases against float32 math next to forward.py's.", ""]
     lines += [f"- {r['case']} {name}: {c['kernel']}, {c['vs_triton']:.2e} vs forward.py"
@@ -158,27 +186,32 @@ def markdown(results, device, rounds):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def ab_arguments(default_cases: str, tile_kind: str) -> argparse.ArgumentParser:
+    """The options every A/B of a Gluon kernel takes (tile_kind: what a tile's block counts, as in its help)."""
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="benchmarks/results/local")
-    p.add_argument("--cases", default=DEFAULT_CASES)
-    p.add_argument("--tiles", default="", help="extra Gluon tiles, head size:key block x stages, comma-separated")
+    p.add_argument("--cases", default=default_cases)
+    p.add_argument("--tiles", default="", help=f"extra Gluon tiles, head size:{tile_kind} block x stages, "
+                   "comma-separated")
     p.add_argument("--rounds", type=int, default=5)
-    a = p.parse_args()
+    return p
+
+
+def run_cases(a, measure_case, stem: str, markdown_of):
+    """measure_case(case name, extra tiles) per case of a.cases, each result printed as it comes; then save()."""
     os.makedirs(a.out, exist_ok=True)
     extra = [t.split(":") for t in a.tiles.split(",") if t]
     results = []
     for case_name in a.cases.split(","):
-        results.append(measure(case_name, extra, a.rounds))
+        results.append(measure_case(case_name, extra))
         print(json.dumps(results[-1]), flush=True)
         torch.cuda.empty_cache()
-    device = torch.cuda.get_device_name()
-    with open(os.path.join(a.out, "hopper_ab.json"), "w") as f:
-        json.dump(dict(device=device, rounds=a.rounds, results=results), f, indent=1)
-    text = markdown(results, device, a.rounds)
-    with open(os.path.join(a.out, "hopper_ab.md"), "w") as f:
-        f.write(text)
-    print(text)
+    save(a.out, stem, results, a.rounds, markdown_of(results, torch.cuda.get_device_name(), a.rounds))
+
+
+def main():
+    a = ab_arguments(DEFAULT_CASES, "key").parse_args()
+    run_cases(a, lambda case_name, extra: measure(case_name, extra, a.rounds), "hopper_ab", markdown)
 
 
 if __name__ == "__main__":

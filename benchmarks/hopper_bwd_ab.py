@@ -12,11 +12,7 @@ block x ring stages), 'sdpa_cudnn', 'sdpa_fa2'. Medians in ms and, for unmasked 
 count: backward 2.5x the forward's 4*b*h*s*s*d, halved when causal); --profile adds each variant's kernel times
 of one backward call. Writes hopper_bwd_ab.json and .md.
 """
-import argparse
 import contextlib
-import json
-import os
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from hf_sdpa.kernels import ops
 from hf_sdpa.kernels.attention import attention
-from hopper_ab import TORCH, flops, runs
+from hopper_ab import TORCH, ab_arguments, flops, interleaved, run_cases, runs, summarize, timing_table
 from tune import case_masks, case_runs, masked, parse_case, time_ms
 
 DEFAULT_CASES = ("d128-gqa-s4096-causal,d128-mha-s8192-causal,d128-mha-s8192-full,d128-gqa-s16384-causal,"
@@ -117,15 +113,12 @@ def measure(case_name, extra_tiles, rounds, profiled):
     result = dict(case=case_name, checks=check(case, fwd_bwd, (q, k, v), gluons), bwd_ms={}, fwd_bwd_ms={})
     names = ["triton"] + [g for g in gluons if correct(result["checks"][g])]
     names += [] if masked(case) else list(TORCH)
-    times = {n: ([], []) for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in (order if r % 2 == 0 else order[::-1]):
-            _, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
-            with variant(name, case["d"]):
-                times[name][0].append(time_ms(backward_only(forward, case, name, q, k, v, dout), (q, k, v),
-                                              rep=60))
-                times[name][1].append(time_ms(fb, (q, k, v), rep=60))
+    def timed(name):
+        _, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
+        with variant(name, case["d"]):
+            return (time_ms(backward_only(forward, case, name, q, k, v, dout), (q, k, v), rep=60),
+                    time_ms(fb, (q, k, v), rep=60))
+    times = interleaved(names, rounds, timed)
     if profiled:  # where the backward's time goes, per variant
         result["kernels_ms"] = {}
         for name in names:
@@ -133,31 +126,13 @@ def measure(case_name, extra_tiles, rounds, profiled):
                 result["kernels_ms"][name] = kernel_times(backward_only(forward, case, name, q, k, v, dout))
     if rounds:
         f_flop, fb_flop = flops(case)
-        for name, (b_ms, fb_ms) in times.items():
-            result["bwd_ms"][name] = statistics.median(b_ms)
-            result["fwd_bwd_ms"][name] = statistics.median(fb_ms)
-        result["bwd_tflops"] = {n: (fb_flop - f_flop) / ms / 1e9 for n, ms in result["bwd_ms"].items()}
-        result["fwd_bwd_tflops"] = {n: fb_flop / ms / 1e9 for n, ms in result["fwd_bwd_ms"].items()}
+        summarize(result, times, "bwd", fb_flop - f_flop, fb_flop)
     return result
 
 
-def cell(result, name):
-    if name not in result["bwd_ms"]:
-        return "-"
-    if masked(parse_case(result["case"])):
-        return f"{result['bwd_ms'][name]:.3f} / {result['fwd_bwd_ms'][name]:.3f}"
-    return f"{result['bwd_tflops'][name]:.0f} / {result['fwd_bwd_tflops'][name]:.0f}"
-
-
 def markdown(results, device, rounds):
-    timed = [r for r in results if r["bwd_ms"]]
-    names = []
-    for r in timed:
-        names += [n for n in r["bwd_ms"] if n not in names]
-    lines = [f"# The Gluon dK/dV kernel against backward.py, cuDNN and FA2: {device}", "",
-             f"bf16, medians of {rounds} interleaved rounds; backward / forward+backward in TFLOP/s (masked cases: "
-             "ms).", "", "| case | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
-    lines += [f"| {r['case']} | " + " | ".join(cell(r, n) for n in names) + " |" for r in timed]
+    lines = timing_table(results, f"The Gluon dK/dV kernel against backward.py, cuDNN and FA2: {device}", rounds,
+                         "bwd")
     profiled = [r for r in results if r.get("kernels_ms")]
     if profiled:
         lines += ["", "Kernel time per backward call (ms, torch.profiler):", ""]
@@ -171,27 +146,10 @@ def markdown(results, device, rounds):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default="benchmarks/results/local")
-    p.add_argument("--cases", default=DEFAULT_CASES)
-    p.add_argument("--tiles", default="", help="extra Gluon tiles, head size:query block x stages, comma-separated")
-    p.add_argument("--rounds", type=int, default=5)
+    p = ab_arguments(DEFAULT_CASES, "query")
     p.add_argument("--profile", action="store_true", help="each variant's kernel times of one backward call")
     a = p.parse_args()
-    os.makedirs(a.out, exist_ok=True)
-    extra = [t.split(":") for t in a.tiles.split(",") if t]
-    results = []
-    for case_name in a.cases.split(","):
-        results.append(measure(case_name, extra, a.rounds, a.profile))
-        print(json.dumps(results[-1]), flush=True)
-        torch.cuda.empty_cache()
-    device = torch.cuda.get_device_name()
-    with open(os.path.join(a.out, "hopper_bwd_ab.json"), "w") as f:
-        json.dump(dict(device=device, rounds=a.rounds, results=results), f, indent=1)
-    text = markdown(results, device, a.rounds)
-    with open(os.path.join(a.out, "hopper_bwd_ab.md"), "w") as f:
-        f.write(text)
-    print(text)
+    run_cases(a, lambda case_name, extra: measure(case_name, extra, a.rounds, a.profile), "hopper_bwd_ab", markdown)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ each Gluon variant's gradients against backward.py's (the largest difference ove
 gradient; a variant that did not run the Gluon kernel or differs by more than bf16 rounding is not timed), then
 the backward alone (one forward kept, its graph retained) and forward+backward, the variants taking turns round by
 round as in hopper_ab.py. Every variant runs ops' default forward, so the differences are the dK/dV pass's.
-Variants: 'triton' (backward.py), 'gluon' (ops.HOPPER_BACKWARD_TILES) and one per --tiles entry (head size:query
-block x ring stages), 'sdpa_cudnn', 'sdpa_fa2'. Medians in ms and, for unmasked cases, TFLOP/s (FlashAttention's
+Variants: 'triton' (backward.py), 'gluon' (ops.HOPPER_BACKWARD_TILES), 'gluon_dq' (the same kernel writing dQ
+too, ops.HOPPER_FUSED_DQ) and one per --tiles entry (head size:query block x ring stages), 'sdpa_cudnn',
+'sdpa_fa2'. Medians in ms and, for unmasked cases, TFLOP/s (FlashAttention's
 count: backward 2.5x the forward's 4*b*h*s*s*d, halved when causal); --profile adds each variant's kernel times
 of one backward call. Writes hopper_bwd_ab.json and .md.
 """
@@ -33,17 +34,20 @@ DEFAULT_CASES = ("d128-gqa-s4096-causal,d128-mha-s8192-causal,d128-mha-s8192-ful
 
 @contextlib.contextmanager
 def variant(name, d):
-    """ops as the variant runs: the Gluon dK/dV kernel on (wherever its scope holds the input) or off, and its tiles
-    for head size d (gluon_64x3: query block x ring stages)."""
-    saved = ops.HOPPER_BACKWARD, dict(ops.HOPPER_BACKWARD_TILES), ops.hopper_backward_pays
+    """ops as the variant runs: the Gluon dK/dV kernel on (wherever its scope holds the input) or off, writing dQ
+    too (gluon_dq) or not, and its tiles for head size d (gluon_64x3: query block x ring stages)."""
+    saved = (ops.HOPPER_BACKWARD, dict(ops.HOPPER_BACKWARD_TILES), ops.hopper_backward_pays, ops.HOPPER_FUSED_DQ,
+             ops.hopper_fused_dq_pays)
     ops.HOPPER_BACKWARD = name.startswith("gluon")
-    ops.hopper_backward_pays = lambda *args: True
-    if name.startswith("gluon_"):
+    ops.HOPPER_FUSED_DQ = name == "gluon_dq"
+    ops.hopper_backward_pays = ops.hopper_fused_dq_pays = lambda *args: True
+    if name.startswith("gluon_") and name != "gluon_dq":
         ops.HOPPER_BACKWARD_TILES[d] = tuple(map(int, name.removeprefix("gluon_").split("x")))
     try:
         yield
     finally:
-        ops.HOPPER_BACKWARD, ops.HOPPER_BACKWARD_TILES, ops.hopper_backward_pays = saved
+        (ops.HOPPER_BACKWARD, ops.HOPPER_BACKWARD_TILES, ops.hopper_backward_pays, ops.HOPPER_FUSED_DQ,
+         ops.hopper_fused_dq_pays) = saved
 
 
 def gradients(fwd_bwd, leaves):
@@ -109,7 +113,7 @@ def measure(case_name, extra_tiles, rounds, profiled):
 
     def forward():
         return attention(q, k, v, causal=case["causal"], **masks)
-    gluons = ["gluon"] + [f"gluon_{tiles}" for d, tiles in extra_tiles if int(d) == case["d"]]
+    gluons = ["gluon", "gluon_dq"] + [f"gluon_{tiles}" for d, tiles in extra_tiles if int(d) == case["d"]]
     result = dict(case=case_name, checks=check(case, fwd_bwd, (q, k, v), gluons), bwd_ms={}, fwd_bwd_ms={})
     names = ["triton"] + [g for g in gluons if correct(result["checks"][g])]
     names += [] if masked(case) else list(TORCH)

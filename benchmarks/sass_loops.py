@@ -79,21 +79,23 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
 
 def compile_hopper_backward(head_dim: int = 128, block_m: int = 64, stages: int = 2, causal: bool = True,
                             dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False,
-                            documents: bool = False):
+                            documents: bool = False, fused_dq: bool = False):
     """kernels/hopper_backward.py's Gluon dK/dV kernel compiled for sm90 as ops launches it."""
     from hf_sdpa.kernels.hopper_backward import attention_bwd_dkdv_hopper_kernel
     from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP
 
     keys = ROWS_PER_GROUP.value
-    rows = {"q_desc": block_m, "do_desc": block_m, "k_desc": keys, "v_desc": keys}
+    rows = {"q_desc": block_m, "do_desc": block_m, "k_desc": keys, "v_desc": keys,
+            "dq_desc": (block_m, 32, "fp32") if fused_dq else block_m, "lse_desc": (block_m, "fp32"),
+            "delta_desc": (block_m, "fp32")}
     return _compile_gluon(attention_bwd_dkdv_hopper_kernel, rows, head_dim, dtype,
                           dict(BLOCK_M=block_m, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
-                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap))
+                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap, FUSED_DQ=fused_dq))
 
 
 # the Gluon kernels' pointer and float arguments; every other one is an int32
-GLUON_ARGS = {"O": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32", "KvLo": "*i32",
-              "KvHi": "*i32", "Holes": "*i8", "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32",
+GLUON_ARGS = {"O": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
+              "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8", "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32",
               "sm_scale": "fp32", "softcap": "fp32"}
 
 
@@ -113,6 +115,10 @@ def _compile_gluon(kernel, rows: dict, head_dim: int, dtype: str, constexprs: di
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:
             signature[p.name] = "constexpr"
+        elif isinstance(rows.get(p.name), tuple):  # a float32 descriptor: its block shape, then "fp32"
+            *block, dt = rows[p.name]
+            layout = shared_layout(tuple(block), "float32")
+            signature[p.name] = f"tensordesc<{dt}[{','.join(map(str, block))}],{layout!r}>"
         elif p.name in rows:
             block = (1, 1, rows[p.name], head_dim)
             signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
@@ -196,6 +202,7 @@ def main():
     parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
     parser.add_argument("--masks", action="store_true",
                         help="hopper_*: with padding ranges, a window, softcap and packed documents")
+    parser.add_argument("--fused-dq", action="store_true", help="hopper_backward: the variant that also writes dQ")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     if args.kernel == "hopper_forward":  # 128 rows in two consumer groups, a loader warp
@@ -205,7 +212,7 @@ def main():
     elif args.kernel == "hopper_backward":  # 128 keys in two consumer groups, a loader warp
         compiled = compile_hopper_backward(args.head_dim, args.block_m, args.stages, causal=not args.full,
                                            padding=args.masks, window=args.masks, softcap=args.masks,
-                                           documents=args.masks)
+                                           documents=args.masks, fused_dq=args.fused_dq)
     else:
         compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                    BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,

@@ -231,3 +231,20 @@ def attention_bwd_dq_kernel(
                         HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=ld)
+
+
+@triton.jit
+def attention_bwd_delta_kernel(O, DO, Delta, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom, H, SQ,
+                               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Delta = rowsum(dO * O) (B, H, SQ) float32, where no dQ kernel runs to write it (the Gluon dK/dV kernel that
+    also writes dQ, hopper_backward.py). Grid (cdiv(SQ, BLOCK_M), B * H)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start_m = tl.program_id(0) * BLOCK_M
+    o = load_rows(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh, b, h, start_m, stride_om, SQ,
+                  HEAD_DIM, BLOCK_M, BLOCK_D, True, False)
+    do = load_rows(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh, b, h, start_m, stride_dom, SQ,
+                   HEAD_DIM, BLOCK_M, BLOCK_D, True, False)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    tl.store(Delta + bh.to(tl.int64) * SQ + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=offs_m < SQ)

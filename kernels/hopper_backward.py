@@ -1,28 +1,39 @@
-"""dK and dV on Hopper in Gluon, with the structure of the Gluon forward (hopper_forward.py): a loader warp and two
-consumer warpgroups.
+"""dK and dV (and, with FUSED_DQ, dQ) on Hopper in Gluon, with the structure of the Gluon forward (hopper_forward.py):
+a loader warp and two consumer warpgroups.
 
 One program takes 128 keys of one key/value head; each consumer warpgroup owns 64 of them and keeps their dK and dV
 in registers, while the loader warp streams the query blocks of every query head of the GQA group (Q and dO, BLOCK_M
-rows each) into a ring of STAGES shared-memory buffers through TMA; a buffer is refilled once both groups have used
-it. Per query block a warpgroup works in the transposed orientation, so that P^T and dS^T come out of the matmuls
-in the registers that the next matmuls read them from (no round trip through shared memory):
+rows each, with their rows' LSE and Delta) into a ring of STAGES shared-memory buffers through TMA; a buffer is
+refilled once both groups have used it. Per query block a warpgroup works in the transposed orientation, so that
+P^T and dS^T come out of the matmuls in the registers that the next matmuls read them from:
 
     S^T = K Q^T and dP^T = V dO^T (issued together), P^T = exp2(S^T - LSE) (while dP^T is still in flight),
     dV += P^T dO, dS^T = P^T * (dP^T - Delta), dK += dS^T Q.
 
-LSE is the forward's, in log2 units; Delta = rowsum(dO * O) is written by the dQ kernel (backward.py), launched
-first. dK leaves scaled by the softmax scale; with softcap, dS^T is multiplied by 1 - tanh^2 of the capped score.
+LSE is the forward's, in log2 units; Delta = rowsum(dO * O) is written by backward.py's dQ kernel (or, with
+FUSED_DQ, its Delta kernel), launched first. Both are read as one flat row of (B * H) rows of stride_rows values
+(TMA reads them in 16-byte steps): rows past SQ read the next head's, and are masked. dK leaves scaled by the
+softmax scale; with softcap, dS^T is multiplied by 1 - tanh^2 of the capped score.
+
+FUSED_DQ: the kernel also writes dQ, so that the backward runs five matmuls per block instead of the seven of this
+kernel and backward.py's dQ kernel (which computes S and dP once more): each group's dS^T goes to shared memory
+(dK += dS^T Q reads it there), the two groups meet at a barrier, and each computes half of dQ's columns over all
+128 keys, dS K, 32 columns at a time, into float32 tiles in shared memory; a writer warp adds them to a float32
+buffer by TMA reductions (the consumers neither issue nor wait for them). ops.py scales the sum into dQ.
 
 Scope (ops.py sends every other input to backward.py): fp16/bf16, head sizes 64 and 128, causal (aligned to the last
 key) or not, GQA, any scale, a padding mask (its per-key form read in batch rows whose kept keys have gaps),
 a sliding window, logit softcapping, packed documents; no dropout.
 """
+from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language._core import builtin
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
 
-from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, hardware_tanh, load_block,
-                             mma_layout, padding_range)
+from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _tma_load, hardware_tanh,
+                             load_block, mma_layout, padding_range)
 from .tiles import LOG2E
 
 
@@ -59,9 +70,11 @@ def _query_range(shape, mask, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr, HAS_P
 def _loader(io, shape, mask, bufs, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
     """One warp: the Q and dO blocks of each query head of the group, in the consumers' order, into the ring."""
-    q_desc, _, _, do_desc = io[:4]
-    _, GROUP, _, _ = shape
+    q_desc, _, _, do_desc, _, _, lse_desc, delta_desc = io[:8]
+    stride_rows = io[11]
+    H, GROUP, SQ, _ = shape
     q_ring, do_ring, q_ready, do_ready, empty = bufs[:5]
+    lse_ring, delta_ring = bufs[10]
     start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     it = 0  # the it-th block goes to stage it % STAGES, its (it // STAGES)-th use
     for g in range(GROUP):
@@ -70,9 +83,20 @@ def _loader(io, shape, mask, bufs, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, 
             stage = it % STAGES
             mbarrier.wait(empty.index(stage), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
             start_m = (m_begin + mi) * BLOCK_M
-            load_block(q_desc, b, h, start_m, q_ready.index(stage), q_ring.index(stage))
-            load_block(do_desc, b, h, start_m, do_ready.index(stage), do_ring.index(stage))
+            row = (b * H + h) * stride_rows + start_m
+            _load_with_rows(q_desc, lse_desc, b, h, start_m, row, q_ready.index(stage), q_ring.index(stage),
+                            lse_ring.index(stage))
+            _load_with_rows(do_desc, delta_desc, b, h, start_m, row, do_ready.index(stage), do_ring.index(stage),
+                            delta_ring.index(stage))
             it += 1
+
+
+@gluon.jit
+def _load_with_rows(desc, row_desc, b, head, start, row, bar, dest, row_dest):
+    """A block of Q (or dO) and its rows' LSE (or Delta) from the flat (B * H * SQ) row_desc, on one barrier."""
+    mbarrier.expect(bar, desc.block_type.nbytes + row_desc.block_type.nbytes)
+    _tma_load(desc, [b, head, start, 0], bar, dest)
+    _tma_load(row_desc, [row], bar, row_dest)
 
 
 @gluon.jit
@@ -91,7 +115,7 @@ def _probabilities(qk, lse, offs_n, start_m, masked, key_ok, rows, score, BLOCK_
     if masked:
         offset, window, doc_base, SQ = rows
         offs_m = start_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
-        keep = key_ok[:, None]
+        keep = key_ok[:, None] & (offs_m[None, :] < SQ)  # rows past SQ read the next head's LSE and Delta
         if CAUSAL:
             keep = keep & (offs_n[:, None] <= offs_m[None, :] + offset)
         if HAS_WINDOW:
@@ -107,18 +131,21 @@ def _probabilities(qk, lse, offs_n, start_m, masked, key_ok, rows, score, BLOCK_
 @gluon.jit
 def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
               CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr,
-              HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
-    """One warpgroup: dK and dV of 64 keys over the program's query blocks."""
-    _, k_desc, v_desc, _, DK, DV, Lse, Delta, dk_strides, dv_strides = io
+              HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, FUSED_DQ: gl.constexpr, GROUP_ID: gl.constexpr):
+    """One warpgroup: dK and dV of 64 keys over the program's query blocks (and their share of dQ)."""
+    _, k_desc, v_desc, _, DK, DV, _, _, dk_strides, dv_strides, dq_desc, _ = io
     H, GROUP, SQ, SKV = shape
     KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b = mask
-    q_ring, do_ring, q_ready, do_ready, empty, k_smem, v_smem, kv_ready = bufs
+    q_ring, do_ring, q_ready, do_ready, empty, k_smem, v_smem, kv_ready, ds_bufs, dq_bufs, row_rings = bufs
+    lse_ring, delta_ring = row_rings
     dtype: gl.constexpr = k_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_M)
     kv_layout: gl.constexpr = mma_layout(HEAD_DIM)
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
     keys_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, DQ_COLUMNS, 16])
 
     start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     start_n += GROUP_ID * ROWS_PER_GROUP
@@ -160,19 +187,17 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
 
         it = 0
         for g in range(GROUP):
-            bh = (b * H + hk * GROUP + g).to(gl.int64)
             for mi in range(n_m):
                 start_m = (m_begin + mi) * BLOCK_M
                 stage = it % STAGES
                 phase = (it // STAGES) & 1
-                offs_m = start_m + gl.arange(0, BLOCK_M, layout=rows_s)
-                lse = gl.load(Lse + bh * SQ + offs_m, mask=offs_m < SQ, other=float("inf"))
-                delta = gl.load(Delta + bh * SQ + offs_m, mask=offs_m < SQ, other=0.0)
                 q = q_ring.index(stage).reshape([BLOCK_M, HEAD_DIM])
                 do = do_ring.index(stage).reshape([BLOCK_M, HEAD_DIM])
                 mbarrier.wait(q_ready.index(stage), phase)
+                lse = lse_ring.index(stage).load(rows_s)
                 qk = warpgroup_mma(k, q.permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.wait(do_ready.index(stage), phase)
+                delta = delta_ring.index(stage).load(rows_s)
                 # dP^T - Delta straight from the matmul (its accumulator starts at -Delta): Delta is not kept.
                 dp = warpgroup_mma(v, do.permute((1, 0)), s_zero - delta[None, :], is_async=True)
                 qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))
@@ -187,10 +212,14 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
                     p_ds, p_op = qk, gl.convert_layout(qk.to(dtype), op_layout)
                 dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
                 dv = warpgroup_mma(p_op, do, dv, is_async=True)
-                ds_op = gl.convert_layout((p_ds * dp).to(dtype), op_layout)
-                dk = warpgroup_mma(ds_op, q, dk, is_async=True)
-                dv, dk, p_op, ds_op = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, p_op, ds_op))
-                mbarrier.arrive(empty.index(stage), count=1)
+                if FUSED_DQ:
+                    dv, dk = _dk_and_dq(dv, dk, p_op, (p_ds * dp).to(dtype), q, k_smem, ds_bufs, it,
+                                        empty.index(stage), dq_bufs, HEAD_DIM, BLOCK_M, dq_layout, GROUP_ID)
+                else:
+                    ds_op = gl.convert_layout((p_ds * dp).to(dtype), op_layout)
+                    dk = warpgroup_mma(ds_op, q, dk, is_async=True)
+                    dv, dk, p_op, ds_op = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, p_op, ds_op))
+                    mbarrier.arrive(empty.index(stage), count=1)
                 it += 1
 
     sm_scale = score[1]
@@ -199,6 +228,89 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
     stored = keys[:, None] < SKV
     _store(DK, dk_strides, b, hk, keys, cols, (dk * sm_scale).to(dtype), stored)
     _store(DV, dv_strides, b, hk, keys, cols, dv.to(dtype), stored)
+
+
+DQ_COLUMNS = gl.constexpr(32)  # dQ's columns per matmul and reduction: 128 bytes of float32, TMA's swizzle width
+_warpgroup_barrier = getattr(gl, "barrier", None) or gl.thread_barrier  # Triton 3.9 renamed it
+
+
+@builtin
+def tma_reduce_add(desc, coord, src, _semantic=None):
+    """Adds the shared-memory tile src to desc's global tile at coord: an asynchronous TMA bulk reduction, waited for
+    by tma.store_wait. Triton 3.9's Gluon names it tma.async_atomic_add; 3.6, the device's, has the op but no name."""
+    handles = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, handles, src.handle)
+
+
+@gluon.jit
+def _dk_and_dq(dv, dk, p_op, ds, q, k_smem, ds_bufs, it, stage_empty, dq_bufs, HEAD_DIM: gl.constexpr,
+               BLOCK_M: gl.constexpr, dq_layout: gl.constexpr, GROUP_ID: gl.constexpr):
+    """dK += dS^T Q, and this group's half of dQ's columns over both groups' keys, dS K, staged for the writer;
+    releases the ring stage once Q and dO are read. dV += P^T dO is in flight on entry. ds_bufs: (dS^T buffers, 2
+    per group by block parity, and their full and free barriers, 2 arrivals each). dq_bufs: (both groups' float32
+    tiles of dQ, and each group's full and free barriers for the writer)."""
+    ds_smem, ds_full, ds_free = ds_bufs
+    dq_stage, dq_full, dq_free = dq_bufs
+    parity = it % 2
+    use = (it // 2) & 1
+    mine = ds_smem.index(2 * parity + GROUP_ID)
+    mbarrier.wait(ds_free.index(parity), use ^ 1)  # both groups are done with this buffer (a fresh barrier passes)
+    mine.store(ds)
+    fence_async_shared()
+    _warpgroup_barrier()  # every thread's part of dS^T written before the other group is told
+    mbarrier.arrive(ds_full.index(parity), count=1)
+    dk = warpgroup_mma(mine, q, dk, is_async=True)
+    mbarrier.wait(ds_full.index(parity), use)
+    zero = gl.zeros([BLOCK_M, DQ_COLUMNS], gl.float32, dq_layout)
+    half: gl.constexpr = HEAD_DIM // 2
+    for c in gl.static_range(half // DQ_COLUMNS):
+        dq = zero
+        for g in gl.static_range(2):
+            k_g = k_smem.index(g).reshape([ROWS_PER_GROUP, HEAD_DIM]).slice(GROUP_ID * half + c * DQ_COLUMNS,
+                                                                                  DQ_COLUMNS, dim=1)
+            dq = warpgroup_mma(ds_smem.index(2 * parity + g).permute((1, 0)), k_g, dq, use_acc=g > 0,
+                               is_async=True)
+        if c == 0:
+            dv, dk, p_op, dq = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, p_op, dq))
+            mbarrier.arrive(stage_empty, count=1)
+        else:
+            dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
+        if c == half // DQ_COLUMNS - 1:
+            mbarrier.arrive(ds_free.index(parity), count=1)
+        if c == 0:  # the writer's reductions of the previous block have read the staging tiles
+            mbarrier.wait(dq_free.index(GROUP_ID), (it & 1) ^ 1)
+        dq_stage.index(GROUP_ID * (half // DQ_COLUMNS) + c).store(dq)
+    fence_async_shared()
+    _warpgroup_barrier()  # every thread's part of the tiles written before the writer is told
+    mbarrier.arrive(dq_full.index(GROUP_ID), count=1)
+    return dv, dk
+
+
+@gluon.jit
+def _writer(io, shape, mask, dq_bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr,
+            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
+    """One warp: adds each group's staged dQ tiles to the float32 buffer by TMA reductions as soon as the group has
+    written them, and frees the group's tiles once the reductions have read them, so that the consumers neither
+    issue nor wait for the reductions."""
+    dq_desc = io[10]
+    H, GROUP, SQ, _ = shape
+    dq_stage, dq_full, dq_free = dq_bufs
+    _, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+    tiles: gl.constexpr = HEAD_DIM // 2 // DQ_COLUMNS  # per group
+    it = 0
+    for g in range(GROUP):
+        for mi in range(n_m):
+            row = (b * H + hk * GROUP + g) * SQ + (m_begin + mi) * BLOCK_M
+            for group in gl.static_range(2):
+                mbarrier.wait(dq_full.index(group), it & 1)
+                for c in gl.static_range(tiles):
+                    tile = group * tiles + c
+                    tma_reduce_add(dq_desc, [row, tile * DQ_COLUMNS], dq_stage.index(tile))
+            tma.store_wait(pendings=tiles)
+            mbarrier.arrive(dq_free.index(0), count=1)
+            tma.store_wait(pendings=0)
+            mbarrier.arrive(dq_free.index(1), count=1)
+            it += 1
 
 
 @gluon.jit
@@ -210,26 +322,50 @@ def _store(X, strides, b, hk, keys, cols, value, stored):
 
 @gluon.jit
 def attention_bwd_dkdv_hopper_kernel(
-        q_desc, k_desc, v_desc, do_desc, DK, DV, Lse, Delta, KvLo, KvHi, Holes, KeyKeep, DocStart,
+        q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, lse_desc, delta_desc, KvLo, KvHi, Holes, KeyKeep, DocStart,
         qk_scale, sm_scale, softcap, window,
         stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_keep_b, stride_doc_b,
-        H, GROUP, SQ, SKV,
+        stride_rows, H, GROUP, SQ, SKV,
         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
-        SOFTCAP: gl.constexpr):
-    """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps.
-    q_desc and do_desc read (1, 1, BLOCK_M, HEAD_DIM) tiles of Q and dO (B, H, SQ, D), k_desc and v_desc
-    (1, 1, 64, HEAD_DIM) tiles of K and V (B, HK, SKV, D); DK, DV (B, HK, SKV, D) with the given strides; Lse and
-    Delta (B, H, SQ) float32; the mask arguments as hopper_forward.py takes them; grid (cdiv(SKV, 128), B * HK)."""
+        SOFTCAP: gl.constexpr, FUSED_DQ: gl.constexpr):
+    """Launched with num_warps=4 (the first consumer group); the second group, the loader and (with FUSED_DQ) the
+    writer are added warps. q_desc and do_desc read (1, 1, BLOCK_M, HEAD_DIM) tiles of Q and dO (B, H, SQ, D),
+    k_desc and v_desc (1, 1, 64, HEAD_DIM) tiles of K and V (B, HK, SKV, D); DK, DV (B, HK, SKV, D) with the given
+    strides; lse_desc and delta_desc read BLOCK_M float32 values of LSE and Delta, flat (B * H) rows of stride_rows;
+    with FUSED_DQ dq_desc adds (BLOCK_M, 32) tiles to a zeroed float32 (B * H * SQ, D) buffer (else it is not
+    used); the mask arguments as hopper_forward.py takes them; grid (cdiv(SKV, 128), B * HK)."""
     dtype: gl.constexpr = q_desc.dtype
     q_ring = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [2] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [2] + v_desc.block_type.shape, v_desc.layout)
+    lse_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + lse_desc.block_type.shape, lse_desc.layout)
+    delta_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     kv_ready = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())
+    if FUSED_DQ:  # each group's dS^T, two per group by block parity, and their barriers
+        ds_smem = gl.allocate_shared_memory(dtype, [4, ROWS_PER_GROUP, BLOCK_M],
+                                            gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2))
+        ds_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(ds_full.index(i), count=2)
+            mbarrier.init(ds_free.index(i), count=2)
+        ds_bufs = (ds_smem, ds_full, ds_free)
+        dq_stages = gl.allocate_shared_memory(gl.float32, [HEAD_DIM // DQ_COLUMNS] + dq_desc.block_type.shape,
+                                              dq_desc.layout)  # the first group's half of the columns, then the other's
+        dq_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        dq_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(dq_full.index(i), count=1)
+            mbarrier.init(dq_free.index(i), count=1)
+        dq_bufs = (dq_stages, dq_full, dq_free)
+    else:
+        ds_bufs = k_smem  # not used
+        dq_bufs = k_smem
     for i in gl.static_range(4):
         mbarrier.init(kv_ready.index(i), count=1)
     for i in gl.static_range(STAGES):
@@ -237,16 +373,27 @@ def attention_bwd_dkdv_hopper_kernel(
         mbarrier.init(do_ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=2)  # both consumer groups release a buffer
 
-    io = (q_desc, k_desc, v_desc, do_desc, DK, DV, Lse, Delta, (stride_dkb, stride_dkh, stride_dkn),
-          (stride_dvb, stride_dvh, stride_dvn))
+    io = (q_desc, k_desc, v_desc, do_desc, DK, DV, lse_desc, delta_desc, (stride_dkb, stride_dkh, stride_dkn),
+          (stride_dvb, stride_dvh, stride_dvn), dq_desc, stride_rows)
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)
-    bufs = (q_ring, do_ring, q_ready, do_ready, empty, k_smem, v_smem, kv_ready)
-    gl.warp_specialize([
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                     HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                     HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
-        (_loader, (io, shape, mask, bufs, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
-    ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
+    bufs = (q_ring, do_ring, q_ready, do_ready, empty, k_smem, v_smem, kv_ready, ds_bufs, dq_bufs,
+            (lse_ring, delta_ring))
+    if FUSED_DQ:
+        gl.warp_specialize([
+            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                         HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, 0)),
+            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                         HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, 1)),
+            (_loader, (io, shape, mask, bufs, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+            (_writer, (io, shape, mask, dq_bufs, HEAD_DIM, BLOCK_M, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+        ], [4, 1, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS, LOADER_REGISTERS])
+    else:
+        gl.warp_specialize([
+            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                         HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, 0)),
+            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                         HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, 1)),
+            (_loader, (io, shape, mask, bufs, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+        ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])

@@ -8,7 +8,7 @@ import torch
 from triton.runtime.errors import OutOfResources
 
 from ..errors import AttentionRefused
-from .backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
+from .backward import attention_bwd_delta_kernel, attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from .autotune import TUNER, bucket, enabled as autotune_enabled
 from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_splits, dkdv_config, dkdv_heads_inner,
                      dq_config, forward_config, head_block, interpreting, key_reach, smaller)
@@ -28,8 +28,9 @@ except ImportError:
 # asked for by name, since Triton 3.9 warns that its default turns to unfused in 3.10.
 FUSED = dict(enable_fp_fusion=True)
 
-FORWARD, DECODE, DQ, DKDV = map(Launcher, (attention_fwd_kernel, attention_decode_kernel, attention_bwd_dq_kernel,
-                                         attention_bwd_dkdv_kernel))
+FORWARD, DECODE, DQ, DKDV, DELTA = map(Launcher, (attention_fwd_kernel, attention_decode_kernel,
+                                                  attention_bwd_dq_kernel, attention_bwd_dkdv_kernel,
+                                                  attention_bwd_delta_kernel))
 HOPPER_FWD, HOPPER_DKDV = (Launcher(k) if k is not None else None
                            for k in (attention_fwd_hopper_kernel, attention_bwd_dkdv_hopper_kernel))
 
@@ -262,12 +263,18 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
 
 # The Gluon dK/dV kernel (hopper_backward.py) on Hopper, for what its docstring lists (HF_SDPA_HOPPER_BACKWARD=0
 # turns it off). Per head size it compiles for: query block and ring depth. HOPPER_BACKWARD_MIN_KEYS: where it
-# measured faster than backward.py's, per head size (head size 128 from 2048 keys: the dK/dV pass 13-29% faster,
-# the backward 2-14%; at 512 keys 4% slower; head size 64 3-10% slower; benchmarks/NOTES.md entry 15). Softcap
-# stays on backward.py: its registers spill there (18% slower).
+# measured faster than backward.py's, per head size: from 2048 keys at head sizes 64 and 128, softcap included,
+# once the loader stages LSE and Delta (the backward 4-16% faster; at 512 keys head size 64 28% slower;
+# benchmarks/NOTES.md entries 15 and 17).
 HOPPER_BACKWARD = os.environ.get("HF_SDPA_HOPPER_BACKWARD", "1") == "1"
 HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2)}
-HOPPER_BACKWARD_MIN_KEYS = {128: 2048}
+HOPPER_BACKWARD_MIN_KEYS = {64: 2048, 128: 2048}
+# Where it pays, the Gluon kernel writes dQ as well (added up in float32 by TMA reductions), in place of
+# backward.py's dQ kernel, which computes S and dP once more (HF_SDPA_HOPPER_FUSED_DQ=0 turns it off): from 8192
+# queries, dense or causal, the backward 2-13% faster; at 4096 and fewer, or with a mask that skips most of the
+# work, the extra passes (zeroing, Delta, the conversion) cost more than the matmuls saved (NOTES.md entry 17).
+HOPPER_FUSED_DQ = os.environ.get("HF_SDPA_HOPPER_FUSED_DQ", "1") == "1"
+HOPPER_FUSED_DQ_MIN_QUERIES = 8192
 
 
 def hopper_backward_fits(q, k, p: Pattern) -> bool:
@@ -278,11 +285,38 @@ def hopper_backward_fits(q, k, p: Pattern) -> bool:
 
 def hopper_backward_pays(head_dim: int, kv_len: int, p: Pattern) -> bool:
     """Whether the Gluon dK/dV kernel measured faster than backward.py's for this head size, key length and pattern."""
-    return head_dim in HOPPER_BACKWARD_MIN_KEYS and kv_len >= HOPPER_BACKWARD_MIN_KEYS[head_dim] and p.softcap is None
+    return head_dim in HOPPER_BACKWARD_MIN_KEYS and kv_len >= HOPPER_BACKWARD_MIN_KEYS[head_dim]
 
 
-def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern):
-    """The Gluon dK/dV kernel, or False where a tensor's strides keep TMA from addressing it."""
+def hopper_fused_dq_pays(q_len: int, p: Pattern) -> bool:
+    """Whether the Gluon kernel writing dQ too measured faster than it and the dQ kernel for this pattern."""
+    return (q_len >= HOPPER_FUSED_DQ_MIN_QUERIES and p.kv_lo is None and p.window is None and p.documents is None
+            and p.softcap is None)
+
+
+def _dq_descriptor(dq_sum, block_m: int):
+    """A Gluon descriptor adding (block_m, 32) float32 tiles to dq_sum (B, H, SQ, D) seen as (B * H * SQ, D)."""
+    if dq_sum is None:
+        return None
+    rows = dq_sum.view(-1, dq_sum.shape[3])
+    return GluonDescriptor(rows, list(rows.shape), list(rows.stride()), [block_m, 32],
+                           shared_layout((block_m, 32), "float32"))
+
+
+def _row_descriptor(x, block_m: int):
+    """A Gluon descriptor reading block_m float32 values of x (B, H, SQ) at a time, seen as one flat row of rows
+    padded to a multiple of 4 values (copied so where SQ is not: TMA starts each read on 16 bytes), and the padded
+    row length."""
+    rows = -(-x.shape[2] // 4) * 4
+    if rows != x.shape[2] or not x.is_contiguous() or x.data_ptr() % 16:
+        x = torch.nn.functional.pad(x, (0, rows - x.shape[2]))
+    flat = x.view(-1)
+    return GluonDescriptor(flat, [flat.numel()], [1], [block_m], shared_layout((block_m,), "float32")), rows
+
+
+def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern, dq_sum=None):
+    """The Gluon dK/dV kernel, or False where a tensor's strides keep TMA from addressing it. dq_sum: a zeroed
+    (B, H, SQ, D) float32 buffer that it adds dQ to (Delta written before), or None (dQ by backward.py)."""
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     block_m, stages = HOPPER_BACKWARD_TILES[D]
@@ -290,14 +324,17 @@ def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern):
     descriptors = _gluon_descriptors((q, k, v, do), (block_m, keys, keys, block_m))
     if descriptors is None:
         return False
+    (lse_desc, row_len), (delta_desc, _) = _row_descriptor(lse, block_m), _row_descriptor(delta, block_m)
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
     HOPPER_DKDV(
-        (cdiv(SKV, 2 * keys), B * HK, 1), *descriptors, dk, dv, lse, delta, kv_lo, kv_hi, holes, key_keep, documents,
-        qk_scale, sm_scale, softcap, window, *dk.stride()[:3], *dv.stride()[:3], s_keep, s_doc, H, H // HK, SQ, SKV,
+        (cdiv(SKV, 2 * keys), B * HK, 1), *descriptors, _dq_descriptor(dq_sum, block_m) or descriptors[0], dk, dv,
+        lse_desc, delta_desc, kv_lo, kv_hi, holes, key_keep, documents,
+        qk_scale, sm_scale, softcap, window, *dk.stride()[:3], *dv.stride()[:3], s_keep, s_doc, row_len, H, H // HK, SQ,
+        SKV,
         HEAD_DIM=D, BLOCK_M=block_m, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
         HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
-        SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
+        SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, FUSED_DQ=dq_sum is not None, num_warps=4)
     _announce("attention_bwd_dkdv_hopper_kernel", BLOCK_M=block_m, BLOCK_N=2 * keys, warps=9, stages=stages, TMA=True)
     return True
 
@@ -375,7 +412,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     HK, SKV = k.shape[1], k.shape[2]
     block_d = head_block(D)
     fp32 = q.dtype == torch.float32
-    delta = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)  # written by the dQ kernel
+    delta = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)  # written by the dQ or Delta kernel
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
     heads_inner = dkdv_heads_inner(block_d, H // HK)
@@ -399,18 +436,35 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
         return tma
 
+    gluon = (HOPPER_BACKWARD and HOPPER_DKDV is not None and hopper_backward_fits(q, k, p)
+             and hopper_backward_pays(D, SKV, p) and _is_hopper(q.device))
+    if (gluon and HOPPER_FUSED_DQ and hopper_fused_dq_pays(SQ, p)
+            and _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p)):
+        return dq, dk, dv
     tma, gqa, reach = has_tma(q.device), H > HK, key_reach(SKV, block_d, p.window, p.longest_document)
     cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, reach, tma, gqa), q, k, flags, launch_dq),
                              launch_dq, q, flags)
     _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)
-    if (HOPPER_BACKWARD and HOPPER_DKDV is not None and hopper_backward_fits(q, k, p)
-            and hopper_backward_pays(D, SKV, p) and _is_hopper(q.device)
-            and _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p)):
+    if gluon and _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p):
         return dq, dk, dv
     cfg, used_tma = _fitting("dkdv", _choose("dkdv", dkdv_config(block_d, fp32, reach, tma, gqa), q, k, flags,
                                              launch_dkdv), launch_dkdv, q, flags)
     _announce("attention_bwd_dkdv_kernel", cfg, TMA=used_tma)
     return dq, dk, dv
+
+
+def _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p: Pattern) -> bool:
+    """Delta, then the Gluon kernel writing dK, dV and dQ (summed in float32), or False where a tensor's strides
+    keep TMA from addressing it."""
+    B, H, SQ, D = q.shape
+    block_m = 64
+    DELTA((cdiv(SQ, block_m), B * H, 1), out, do, delta, *_strides(out, do), H, SQ,
+          HEAD_DIM=D, BLOCK_D=head_block(D), BLOCK_M=block_m, num_warps=4)
+    dq_sum = torch.zeros(B, H, SQ, D, dtype=torch.float32, device=q.device)
+    if not _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p, dq_sum):
+        return False
+    torch.mul(dq_sum, p.scale, out=dq)
+    return True
 
 
 def dropout_keep_mask(seed: int, batch: int, heads: int, q_len: int, kv_len: int, dropout_p: float, device):

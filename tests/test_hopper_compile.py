@@ -110,3 +110,22 @@ def test_gluon_backward_compiles_for_hopper_without_spills(head_dim, block_m, ma
 
 if __name__ == "__main__":
     print(hopper_ptx(sys.argv[1]))
+
+
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_gluon_backward_writing_dq_compiles_for_hopper(head_dim):
+    """The same kernel writing dQ too (FUSED_DQ): per consumer group one more matmul per query block (its half of
+    dQ's columns over the 128 keys), and a writer loop issuing the TMA reductions that add dQ's tiles."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), "hopper_backward", "--head-dim",
+                          str(head_dim), "--block-m", "64", "--stages", "2", "--fused-dq", "--json"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):
+        pytest.skip(f"this Triton cannot assemble or disassemble for sm90 here: {run.stderr[-300:]}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    consumers = [lp["kinds"] for lp in report["loops"] if lp["kinds"].get("HGMMA")]
+    assert consumers
+    for kinds in consumers:  # dQ: head_dim / 2 columns in 32-column matmuls, over 2 x 64 keys in steps of 16
+        assert kinds["HGMMA"] == 2 * (head_dim // 16) + 2 * (64 // 16) + head_dim // 8, kinds
+    assert any(lp["kinds"].get("UTMAREDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))

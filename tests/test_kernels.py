@@ -366,10 +366,11 @@ def test_the_gluon_forward_runs_where_it_measured_faster(head_dim, kv_len, pays)
 
 
 @pytest.mark.parametrize("head_dim, kv_len, changes, pays", [(128, 4096, dict(), True), (128, 1024, dict(), False),
-                                                          (64, 8192, dict(), False),
-                                                          (128, 8192, dict(softcap=30.0), False)])
+                                                          (64, 8192, dict(), True), (64, 512, dict(), False),
+                                                          (128, 8192, dict(softcap=30.0), True), (256, 8192, dict(),
+                                                                                                  False)])
 def test_the_gluon_backward_runs_where_it_measured_faster(head_dim, kv_len, changes, pays):
-    """ops.hopper_backward_pays: head size 128 from 2048 keys, without softcap (benchmarks/NOTES.md entry 15)."""
+    """ops.hopper_backward_pays: head sizes 64 and 128 from 2048 keys, softcap too (benchmarks/NOTES.md entry 17)."""
     assert ops.hopper_backward_pays(head_dim, kv_len, dense_pattern(**changes)) == pays
 
 
@@ -434,14 +435,45 @@ def test_the_gluon_backward_launch_binds_every_kernel_parameter(monkeypatch):
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc", "do_desc")]
     assert blocks == [[1, 1, 64, 64], [1, 1, 64, 64], [1, 1, 64, 64], [1, 1, 64, 64]]
     assert args["do_desc"].strides == list(do.stride()) and args["v_desc"].base is v
-    assert args["DK"] is dk and args["DV"] is dv and args["Lse"] is lse
+    assert args["DK"] is dk and args["DV"] is dv
+    assert args["lse_desc"].base.data_ptr() == lse.data_ptr() and args["lse_desc"].block_shape == [64]
     delta = (out.float() * do.float()).sum(-1)  # written by the dQ kernel, which ran first
-    torch.testing.assert_close(args["Delta"], delta, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(args["delta_desc"].base.view(delta.shape), delta, rtol=1e-3, atol=1e-3)
     assert args["sm_scale"] == 0.125 and args["window"] == 16 and args["HAS_WINDOW"] and not args["HAS_PADDING"]
     assert (args["stride_dkb"], args["stride_dkh"], args["stride_dkn"]) == dk.stride()[:3]
     assert (args["stride_dvb"], args["stride_dvh"], args["stride_dvn"]) == dv.stride()[:3]
     assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 40, 200)
     assert (args["HEAD_DIM"], args["BLOCK_M"], args["STAGES"], args["CAUSAL"]) == (64, 64, 2, True)
+
+
+def test_the_gluon_backward_writing_dq_launches_after_delta(monkeypatch):
+    """Where the Gluon kernel writes dQ too: the Delta kernel (through the interpreter) runs first and no dQ kernel;
+    the launch adds 64 x 32 float32 tiles to a buffer of the queries' shape, LSE and Delta read in rows padded to a
+    multiple of 4 values (SQ = 41), and the buffer, summed by the stub as zeros, becomes dQ."""
+    if ops.HOPPER_DKDV is None or not interpreting():
+        pytest.skip("the Delta kernel runs on the CPU through the interpreter; this Triton has Gluon's Hopper language")
+    calls = stub_launches(monkeypatch, ops.HOPPER_DKDV)
+    monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
+    monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)
+    monkeypatch.setattr(ops, "HOPPER_FUSED_DQ", True)
+    monkeypatch.setattr(ops, "hopper_fused_dq_pays", lambda *args: True)
+    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    ran = []
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
+    q, do = (torch.randn(2, 41, 8, 64, dtype=torch.float16).transpose(1, 2) for _ in range(2))
+    k, v = (torch.randn(2, 2, 200, 64, dtype=torch.float16) for _ in range(2))
+    pattern = dense_pattern(scale=0.125)
+    out, lse = ops.run_forward(q, k, v, pattern)
+    dq, dk, dv = ops.run_backward(q, k, v, out, lse, do, pattern)
+    assert "attention_bwd_dq_kernel" not in ran and "attention_bwd_dkdv_hopper_kernel" in ran, ran
+    (grid, warps, args), = calls
+    assert args["FUSED_DQ"] and args["dq_desc"].block_shape == [64, 32]
+    assert args["dq_desc"].base.dtype == torch.float32 and args["dq_desc"].base.shape == (2 * 8 * 41, 64)
+    assert args["stride_rows"] == 44 and args["lse_desc"].base.shape == (2 * 8 * 44,)
+    torch.testing.assert_close(args["lse_desc"].base.view(2, 8, 44)[..., :41], lse)
+    delta = (out.float() * do.float()).sum(-1)
+    torch.testing.assert_close(args["delta_desc"].base.view(2, 8, 44)[..., :41], delta, rtol=1e-3, atol=1e-3)
+    assert not dq.any() and dq.shape == q.shape
 
 
 HOPPER_CASES = [
@@ -497,20 +529,24 @@ HOPPER_BACKWARD_CASES = [c for c in HOPPER_CASES if c[5] == 128] + [
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fused_dq", [False, True], ids=["dkdv", "fused_dq"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", HOPPER_BACKWARD_CASES,
                          ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
-def test_gpu_gluon_backward(case, dtype, monkeypatch):
-    """The Gluon dK/dV kernel (switched on) against the float64 reference."""
+def test_gpu_gluon_backward(case, dtype, fused_dq, monkeypatch):
+    """The Gluon dK/dV kernel (switched on), writing dQ too or not, against the float64 reference."""
     if ops.HOPPER_DKDV is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon backward runs on sm90 with a Triton that has Gluon's Hopper language")
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
     monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)  # where backward.py is faster too
+    monkeypatch.setattr(ops, "HOPPER_FUSED_DQ", fused_dq)
+    monkeypatch.setattr(ops, "hopper_fused_dq_pays", lambda *args: True)
     ran = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
     assert "attention_bwd_dkdv_hopper_kernel" in ran, ran
+    assert ("attention_bwd_dq_kernel" in ran) != fused_dq, ran
 
 
 DECODE_CASES = [

@@ -29,6 +29,9 @@ from hf_sdpa.presets import PRESETS
 SIZES = {
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=32000),
+    # the same parameters in 16 heads of 128 (4 key/value heads), where the Gluon kernels' head size 128 runs
+    "1b-d128": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
+                    num_key_value_heads=4, vocab_size=32000),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=256),
     "100m": PRESETS["100m"],  # the recipes' GPU model (issue 7's runs)

@@ -264,14 +264,14 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
 # The Gluon dK/dV kernel (hopper_backward.py) on Hopper, for what its docstring lists (HF_SDPA_HOPPER_BACKWARD=0
 # turns it off). Per head size it compiles for: query block and ring depth. HOPPER_BACKWARD_MIN_KEYS: where it
 # measured faster than backward.py's, per head size: from 2048 keys at head sizes 64 and 128, softcap included,
-# once the loader stages LSE and Delta (the backward 4-16% faster; at 512 keys head size 64 28% slower;
+# once the loader stages LSE and Delta (the backward 4-17% faster; at 512 keys head size 64 28% slower;
 # benchmarks/NOTES.md entries 15 and 17).
 HOPPER_BACKWARD = os.environ.get("HF_SDPA_HOPPER_BACKWARD", "1") == "1"
 HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2)}
 HOPPER_BACKWARD_MIN_KEYS = {64: 2048, 128: 2048}
 # Where it pays, the Gluon kernel writes dQ as well (added up in float32 by TMA reductions), in place of
 # backward.py's dQ kernel, which computes S and dP once more (HF_SDPA_HOPPER_FUSED_DQ=0 turns it off): from 8192
-# queries, dense or causal, the backward 2-13% faster; at 4096 and fewer, or with a mask that skips most of the
+# queries, dense or causal, the backward 2-15% faster; at 4096 and fewer, or with a mask that skips most of the
 # work, the extra passes (zeroing, Delta, the conversion) cost more than the matmuls saved (NOTES.md entry 17).
 HOPPER_FUSED_DQ = os.environ.get("HF_SDPA_HOPPER_FUSED_DQ", "1") == "1"
 HOPPER_FUSED_DQ_MIN_QUERIES = 8192

@@ -321,6 +321,15 @@ def _store(X, strides, b, hk, keys, cols, value, stored):
 
 
 @gluon.jit
+def _barriers(n: gl.constexpr, count: gl.constexpr):
+    """n mbarriers, each completing a phase after count arrivals."""
+    bars = gl.allocate_shared_memory(gl.int64, [n, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(n):
+        mbarrier.init(bars.index(i), count=count)
+    return bars
+
+
+@gluon.jit
 def attention_bwd_dkdv_hopper_kernel(
         q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, lse_desc, delta_desc, KvLo, KvHi, Holes, KeyKeep, DocStart,
         qk_scale, sm_scale, softcap, window,
@@ -342,36 +351,20 @@ def attention_bwd_dkdv_hopper_kernel(
     v_smem = gl.allocate_shared_memory(dtype, [2] + v_desc.block_type.shape, v_desc.layout)
     lse_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + lse_desc.block_type.shape, lse_desc.layout)
     delta_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_ready = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())
+    q_ready = _barriers(STAGES, 1)
+    do_ready = _barriers(STAGES, 1)
+    empty = _barriers(STAGES, 2)  # both consumer groups release a buffer
+    kv_ready = _barriers(4, 1)
     if FUSED_DQ:  # each group's dS^T, two per group by block parity, and their barriers
         ds_smem = gl.allocate_shared_memory(dtype, [4, ROWS_PER_GROUP, BLOCK_M],
                                             gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2))
-        ds_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
-            mbarrier.init(ds_full.index(i), count=2)
-            mbarrier.init(ds_free.index(i), count=2)
-        ds_bufs = (ds_smem, ds_full, ds_free)
+        ds_bufs = (ds_smem, _barriers(2, 2), _barriers(2, 2))
         dq_stages = gl.allocate_shared_memory(gl.float32, [HEAD_DIM // DQ_COLUMNS] + dq_desc.block_type.shape,
                                               dq_desc.layout)  # the first group's half of the columns, then the other's
-        dq_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        dq_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
-            mbarrier.init(dq_full.index(i), count=1)
-            mbarrier.init(dq_free.index(i), count=1)
-        dq_bufs = (dq_stages, dq_full, dq_free)
+        dq_bufs = (dq_stages, _barriers(2, 1), _barriers(2, 1))  # full and free per group, for the writer
     else:
         ds_bufs = k_smem  # not used
         dq_bufs = k_smem
-    for i in gl.static_range(4):
-        mbarrier.init(kv_ready.index(i), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(do_ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)  # both consumer groups release a buffer
 
     io = (q_desc, k_desc, v_desc, do_desc, DK, DV, lse_desc, delta_desc, (stride_dkb, stride_dkh, stride_dkn),
           (stride_dvb, stride_dvh, stride_dvn), dq_desc, stride_rows)

@@ -26,6 +26,18 @@ def hopper_ptx(name: str) -> str:
     return compile_for_gpu(name, HAS_PADDING=True, HAS_WINDOW=True, SOFTCAP=SOFTCAP_HW_TANH.value).asm["ptx"]
 
 
+def gluon_loops(*args) -> dict:
+    """benchmarks/sass_loops.py's JSON report for one Gluon kernel (its arguments), compiled in a subprocess without
+    the interpreter; skips where this Triton cannot assemble or disassemble for sm90."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), *map(str, args), "--json"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):
+        pytest.skip(f"this Triton cannot assemble or disassemble for sm90 here: {run.stderr[-300:]}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout)
+
+
 @pytest.mark.parametrize("name", KERNELS)
 def test_kernels_compile_for_hopper_with_tma_and_hardware_tanh(name):
     env = dict(os.environ, TRITON_INTERPRET="0")
@@ -63,15 +75,8 @@ def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, sta
     matmuls of a key block with the block's exponentials between the wait for Q K^T and the wait for P V (the
     overlap inside a warpgroup, which ptxas removes unless the softmax sits in its own branch), a loader loop
     issuing TMA copies, and no register spills in the loops under the partitions' register budgets."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), "hopper_forward", "--head-dim",
-                          str(head_dim), "--block-n", str(block_n), "--stages", str(stages), "--json"]
-                         + ["--masks"] * masks, env=env,
-                         capture_output=True, text=True, timeout=600)
-    if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):
-        pytest.skip(f"this Triton cannot assemble or disassemble for sm90 here: {run.stderr[-300:]}")
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout)
+    report = gluon_loops("hopper_forward", "--head-dim", head_dim, "--block-n", block_n, "--stages", stages,
+                         *["--masks"] * masks)
     # a thread holds 64 x block_n / 128 scores of two rows: their exponentials and the two rows' rescale factors
     assert report["exponentials_between_waits"] == [block_n // 2 + 2] * 2
     consumers = [lp["kinds"] for lp in report["loops"] if lp["kinds"].get("HGMMA")]
@@ -90,14 +95,8 @@ def test_gluon_backward_compiles_for_hopper_without_spills(head_dim, block_m, ma
     (S^T and dP^T over the head, dV and dK over the block's rows) with P^T's exponentials between the wait for S^T
     and the wait for dP^T, a loader loop issuing TMA copies, and nothing spilled in the loops (at head size 128 the
     masks with softcap do spill: benchmarks/NOTES.md entry 15)."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), "hopper_backward", "--head-dim",
-                          str(head_dim), "--block-m", str(block_m), "--stages", "2", "--json"] + ["--masks"] * masks,
-                         env=env, capture_output=True, text=True, timeout=600)
-    if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):
-        pytest.skip(f"this Triton cannot assemble or disassemble for sm90 here: {run.stderr[-300:]}")
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout)
+    report = gluon_loops("hopper_backward", "--head-dim", head_dim, "--block-m", block_m, "--stages", 2,
+                         *["--masks"] * masks)
     consumers = [lp["kinds"] for lp in report["loops"] if lp["kinds"].get("HGMMA")]
     assert consumers and len(report["exponentials_between_waits"]) == len(consumers)
     # a thread holds 64 x block_m / 128 probabilities
@@ -108,24 +107,17 @@ def test_gluon_backward_compiles_for_hopper_without_spills(head_dim, block_m, ma
     assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 
-if __name__ == "__main__":
-    print(hopper_ptx(sys.argv[1]))
-
-
 @pytest.mark.parametrize("head_dim", [128, 64])
 def test_gluon_backward_writing_dq_compiles_for_hopper(head_dim):
     """The same kernel writing dQ too (FUSED_DQ): per consumer group one more matmul per query block (its half of
     dQ's columns over the 128 keys), and a writer loop issuing the TMA reductions that add dQ's tiles."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), "hopper_backward", "--head-dim",
-                          str(head_dim), "--block-m", "64", "--stages", "2", "--fused-dq", "--json"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):
-        pytest.skip(f"this Triton cannot assemble or disassemble for sm90 here: {run.stderr[-300:]}")
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout)
+    report = gluon_loops("hopper_backward", "--head-dim", head_dim, "--block-m", 64, "--stages", 2, "--fused-dq")
     consumers = [lp["kinds"] for lp in report["loops"] if lp["kinds"].get("HGMMA")]
     assert consumers
     for kinds in consumers:  # dQ: head_dim / 2 columns in 32-column matmuls, over 2 x 64 keys in steps of 16
         assert kinds["HGMMA"] == 2 * (head_dim // 16) + 2 * (64 // 16) + head_dim // 8, kinds
     assert any(lp["kinds"].get("UTMAREDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
+
+
+if __name__ == "__main__":
+    print(hopper_ptx(sys.argv[1]))

@@ -57,8 +57,9 @@ def test_decode_keeps_its_query_rows_and_nothing_fitting_is_refused(monkeypatch)
 
 def test_every_table_configuration_or_its_fallback_fits_older_gpus():
     env = dict(os.environ, TRITON_INTERPRET="0")
+    # Every table entry is compiled for each older GPU: with Triton's cache empty, over 15 minutes on 2 cores.
     run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "shared_memory.py"), "--json"], env=env,
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=2400)
     if run.returncode != 0 and "ptxas" in run.stderr.lower():
         pytest.skip(f"this Triton cannot assemble for sm80 here: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-3000:]

@@ -113,7 +113,8 @@ def measure(case_name, extra_tiles, rounds, profiled):
 
     def forward():
         return attention(q, k, v, causal=case["causal"], **masks)
-    gluons = ["gluon", "gluon_dq"] + [f"gluon_{tiles}" for d, tiles in extra_tiles if int(d) == case["d"]]
+    gluons = ["gluon"] + ["gluon_dq"] * (case["d"] in ops.HOPPER_FUSED_DQ_HEAD_SIZES)
+    gluons += [f"gluon_{tiles}" for d, tiles in extra_tiles if int(d) == case["d"]]
     result = dict(case=case_name, checks=check(case, fwd_bwd, (q, k, v), gluons), bwd_ms={}, fwd_bwd_ms={})
     names = ["triton"] + [g for g in gluons if correct(result["checks"][g])]
     names += [] if masked(case) else list(TORCH)

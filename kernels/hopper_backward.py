@@ -15,15 +15,21 @@ FUSED_DQ, its Delta kernel), launched first. Both are read as one flat row of (B
 (TMA reads them in 16-byte steps): rows past SQ read the next head's, and are masked. dK leaves scaled by the
 softmax scale; with softcap, dS^T is multiplied by 1 - tanh^2 of the capped score.
 
+Above head size 128 one group's dK and dV of 64 keys x 256 would take all of its registers, so a program takes 64
+keys and the two groups split the gradients rather than the keys: group 0 computes S^T = K Q^T, P^T and
+dV += P^T dO, and hands P^T (as dS^T takes it) to group 1 through shared memory; group 1 computes dP^T = V dO^T,
+dS^T and dK += dS^T Q. Each group issues two matmuls per block, the second from registers with N = 256 (the
+widest, whose operands cost the least shared-memory bandwidth per FLOP), and only P^T crosses between them.
+
 FUSED_DQ: the kernel also writes dQ, so that the backward runs five matmuls per block instead of the seven of this
 kernel and backward.py's dQ kernel (which computes S and dP once more): each group's dS^T goes to shared memory
 (dK += dS^T Q reads it there), the two groups meet at a barrier, and each computes half of dQ's columns over all
 128 keys, dS K, 32 columns at a time, into float32 tiles in shared memory; a writer warp adds them to a float32
 buffer by TMA reductions (the consumers neither issue nor wait for them). ops.py scales the sum into dQ.
 
-Scope (ops.py sends every other input to backward.py): fp16/bf16, head sizes 64 and 128, causal (aligned to the last
-key) or not, GQA, any scale, a padding mask (its per-key form read in batch rows whose kept keys have gaps),
-a sliding window, logit softcapping, packed documents; no dropout.
+Scope (ops.py sends every other input to backward.py): fp16/bf16, head sizes 64, 128 and 256 (FUSED_DQ: 64 and
+128), causal (aligned to the last key) or not, GQA, any scale, a padding mask (its per-key form read in batch rows
+whose kept keys have gaps), a sliding window, logit softcapping, packed documents; no dropout.
 """
 from triton._C.libtriton import ir
 from triton.experimental import gluon
@@ -37,20 +43,26 @@ from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROU
 from .tiles import LOG2E
 
 
+@gluon.constexpr_function
+def keys_per_program(head_dim):
+    """128 keys (64 per consumer group) up to head size 128; 64 above, where the two groups share the keys and split
+    the gradients (one group's dV or dK of 64 keys x 256 already takes 128 registers a thread)."""
+    return 64 if head_dim > 128 else 128
+
+
 @gluon.jit
-def _query_range(shape, mask, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
-                 HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
+def _query_range(shape, mask, BLOCK_M: gl.constexpr, KEYS: gl.constexpr, CAUSAL: gl.constexpr,
+                 HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
     """The program's first key, its batch row and key/value head, and the query blocks [m_begin, m_begin + n_m) that
-    some row of which sees one of its 128 keys: the same in all three partitions, which keeps their barriers in
-    step."""
+    some row of which sees one of its KEYS keys: the same in all partitions, which keeps their barriers in step."""
     H, GROUP, SQ, SKV = shape
     KvLo, KvHi, window, DocStart, stride_doc_b, _, _, _ = mask
-    start_n = gl.program_id(0) * (2 * ROWS_PER_GROUP)  # the first key blocks see the most rows: they start first
+    start_n = gl.program_id(0) * KEYS  # the first key blocks see the most rows: they start first
     HK = H // GROUP
     b = gl.program_id(1) // HK
     hk = gl.program_id(1) % HK
     offset = SKV - SQ
-    last_n = gl.minimum(start_n + 2 * ROWS_PER_GROUP, SKV) - 1
+    last_n = gl.minimum(start_n + KEYS, SKV) - 1
     lo = 0
     hi = SQ
     if CAUSAL:
@@ -67,15 +79,15 @@ def _query_range(shape, mask, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr, HAS_P
 
 
 @gluon.jit
-def _loader(io, shape, mask, bufs, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
+def _loader(io, shape, mask, bufs, BLOCK_M: gl.constexpr, KEYS: gl.constexpr, STAGES: gl.constexpr,
+            CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
     """One warp: the Q and dO blocks of each query head of the group, in the consumers' order, into the ring."""
     q_desc, _, _, do_desc, _, _, lse_desc, delta_desc = io[:8]
     stride_rows = io[11]
     H, GROUP, SQ, _ = shape
     q_ring, do_ring, q_ready, do_ready, empty = bufs[:5]
     lse_ring, delta_ring = bufs[10]
-    start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+    start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, KEYS, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     it = 0  # the it-th block goes to stage it % STAGES, its (it // STAGES)-th use
     for g in range(GROUP):
         h = hk * GROUP + g
@@ -132,22 +144,69 @@ def _probabilities(qk, lse, offs_n, start_m, masked, key_ok, rows, score, BLOCK_
 def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
               CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr,
               HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, FUSED_DQ: gl.constexpr, GROUP_ID: gl.constexpr):
-    """One warpgroup: dK and dV of 64 keys over the program's query blocks (and their share of dQ)."""
-    _, k_desc, v_desc, _, DK, DV, _, _, dk_strides, dv_strides, dq_desc, _ = io
+    """One warpgroup: up to head size 128, dK and dV of its 64 keys (and their share of dQ); above, of the program's
+    64 keys, dV (group 0) or dK (group 1)."""
+    if keys_per_program(HEAD_DIM) == 2 * ROWS_PER_GROUP:
+        _dk_and_dv_group(io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                         HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, GROUP_ID)
+    elif GROUP_ID == 0:
+        _dv_group(io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES,
+                  HAS_DOC, SOFTCAP)
+    else:
+        _dk_group(io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+
+
+@gluon.jit
+def _key_masks(shape, mask, start_n, b, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
+               HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, keys_s: gl.constexpr):
+    """For the 64 keys from start_n: their indices, which of them a padding mask leaves (key_ok), and the rows
+    [full_lo, full_hi) that see all of them: a query block reaching out of it, or any block where the keys are
+    partly padding or the padding mask has gaps, is masked. rows = (offset, window, doc_base, SQ), as
+    _probabilities takes them."""
     H, GROUP, SQ, SKV = shape
     KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b = mask
+    offset = SKV - SQ
+    offs_n = start_n + gl.arange(0, ROWS_PER_GROUP, layout=keys_s)
+    kv_lo, kv_hi = padding_range(KvLo, KvHi, b, SKV, HAS_PADDING)
+    key_ok = (offs_n >= kv_lo) & (offs_n < kv_hi)
+    every_block = (start_n < kv_lo) | (start_n + ROWS_PER_GROUP > kv_hi)
+    if HAS_HOLES:  # the mask itself, equal to its range in rows without gaps
+        every_block = every_block | (gl.load(Holes + b) != 0)
+        keep_row = KeyKeep + b.to(gl.int64) * stride_keep_b
+        key_ok = key_ok & (gl.load(keep_row + offs_n, mask=offs_n < SKV, other=0) != 0)
+    full_lo = 0
+    full_hi = SQ
+    if CAUSAL:
+        full_lo = gl.minimum(start_n + ROWS_PER_GROUP, SKV) - 1 - offset
+    if HAS_WINDOW:
+        full_hi = gl.minimum(start_n - offset + window, SQ)
+    doc_base = DocStart + b * stride_doc_b
+    if HAS_DOC:  # the rows up to the first key's document end
+        full_hi = gl.minimum(full_hi, gl.load(doc_base + SQ + start_n))
+    full_lo = gl.where(every_block, SQ + BLOCK_M, full_lo)
+    return offs_n, key_ok, full_lo, full_hi, (offset, window, doc_base, SQ)
+
+
+@gluon.jit
+def _dk_and_dv_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+                     STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr,
+                     HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, FUSED_DQ: gl.constexpr,
+                     GROUP_ID: gl.constexpr):
+    """Up to head size 128: dK and dV of this group's 64 of the program's 128 keys (and its share of dQ)."""
+    _, k_desc, v_desc, _, DK, DV, _, _, dk_strides, dv_strides, dq_desc, _ = io
+    H, GROUP, SQ, SKV = shape
     q_ring, do_ring, q_ready, do_ready, empty, k_smem, v_smem, kv_ready, ds_bufs, dq_bufs, row_rings = bufs
     lse_ring, delta_ring = row_rings
     dtype: gl.constexpr = k_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_M)
     kv_layout: gl.constexpr = mma_layout(HEAD_DIM)
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
-    keys_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                         instr_shape=[16, DQ_COLUMNS, 16])
 
-    start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+    start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, 2 * ROWS_PER_GROUP, CAUSAL, HAS_PADDING,
+                                                HAS_WINDOW, HAS_DOC)
     start_n += GROUP_ID * ROWS_PER_GROUP
     dk = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, kv_layout)
     dv = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, kv_layout)
@@ -158,29 +217,9 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
         load_block(v_desc, b, hk, start_n, kv_ready.index(2 * GROUP_ID + 1), v_buf)
         k = k_buf.reshape([ROWS_PER_GROUP, HEAD_DIM])
         v = v_buf.reshape([ROWS_PER_GROUP, HEAD_DIM])
-
-        # The rows [full_lo, full_hi) see all 64 keys; a query block reaching out of it, or any block where the keys
-        # are partly padding or the padding mask has gaps, is masked.
-        offset = SKV - SQ
-        offs_n = start_n + gl.arange(0, ROWS_PER_GROUP, layout=keys_s)
-        kv_lo, kv_hi = padding_range(KvLo, KvHi, b, SKV, HAS_PADDING)
-        key_ok = (offs_n >= kv_lo) & (offs_n < kv_hi)
-        every_block = (start_n < kv_lo) | (start_n + ROWS_PER_GROUP > kv_hi)
-        if HAS_HOLES:  # the mask itself, equal to its range in rows without gaps
-            every_block = every_block | (gl.load(Holes + b) != 0)
-            keep_row = KeyKeep + b.to(gl.int64) * stride_keep_b
-            key_ok = key_ok & (gl.load(keep_row + offs_n, mask=offs_n < SKV, other=0) != 0)
-        full_lo = 0
-        full_hi = SQ
-        if CAUSAL:
-            full_lo = gl.minimum(start_n + ROWS_PER_GROUP, SKV) - 1 - offset
-        if HAS_WINDOW:
-            full_hi = gl.minimum(start_n - offset + window, SQ)
-        doc_base = DocStart + b * stride_doc_b
-        if HAS_DOC:  # the rows up to the first key's document end
-            full_hi = gl.minimum(full_hi, gl.load(doc_base + SQ + start_n))
-        full_lo = gl.where(every_block, SQ + BLOCK_M, full_lo)
-        rows = (offset, window, doc_base, SQ)
+        offs_n, key_ok, full_lo, full_hi, rows = _key_masks(shape, mask, start_n, b, BLOCK_M, CAUSAL, HAS_PADDING,
+                                                            HAS_WINDOW, HAS_HOLES, HAS_DOC,
+                                                            gl.SliceLayout(1, s_layout))
         s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_M], gl.float32, s_layout)
         mbarrier.wait(kv_ready.index(2 * GROUP_ID), 0)
         mbarrier.wait(kv_ready.index(2 * GROUP_ID + 1), 0)
@@ -222,12 +261,115 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
                     mbarrier.arrive(empty.index(stage), count=1)
                 it += 1
 
-    sm_scale = score[1]
-    keys = start_n + gl.arange(0, ROWS_PER_GROUP, layout=gl.SliceLayout(1, kv_layout))
-    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, kv_layout))
-    stored = keys[:, None] < SKV
-    _store(DK, dk_strides, b, hk, keys, cols, (dk * sm_scale).to(dtype), stored)
-    _store(DV, dv_strides, b, hk, keys, cols, dv.to(dtype), stored)
+    _store(DK, dk_strides, b, hk, start_n, (dk * score[1]).to(dtype), SKV, kv_layout)
+    _store(DV, dv_strides, b, hk, start_n, dv.to(dtype), SKV, kv_layout)
+
+
+@gluon.jit
+def _dv_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr,
+              HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr):
+    """Above head size 128, group 0: per query block S^T = K Q^T, P^T and dV += P^T dO (P^T from registers); P^T as
+    dS^T takes it goes to group 1 through shared memory (p_bufs: two buffers by block parity, each with a full and a
+    free barrier)."""
+    _, k_desc, _, _, _, DV, _, _, _, dv_strides, _, _ = io
+    H, GROUP, SQ, SKV = shape
+    q_ring, do_ring, q_ready, do_ready, empty, k_smem, _, kv_ready, p_bufs, _, row_rings = bufs
+    p_smem, p_full, p_free = p_bufs
+    lse_ring = row_rings[0]
+    dtype: gl.constexpr = k_desc.dtype
+    s_layout: gl.constexpr = mma_layout(BLOCK_M)
+    kv_layout: gl.constexpr = mma_layout(HEAD_DIM)
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+
+    start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, ROWS_PER_GROUP, CAUSAL, HAS_PADDING,
+                                                HAS_WINDOW, HAS_DOC)
+    dv = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, kv_layout)
+    if n_m > 0:
+        load_block(k_desc, b, hk, start_n, kv_ready.index(0), k_smem.index(0))
+        k = k_smem.index(0).reshape([ROWS_PER_GROUP, HEAD_DIM])
+        offs_n, key_ok, full_lo, full_hi, rows = _key_masks(shape, mask, start_n, b, BLOCK_M, CAUSAL, HAS_PADDING,
+                                                            HAS_WINDOW, HAS_HOLES, HAS_DOC,
+                                                            gl.SliceLayout(1, s_layout))
+        s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_M], gl.float32, s_layout)
+        mbarrier.wait(kv_ready.index(0), 0)
+
+        it = 0
+        for g in range(GROUP):
+            for mi in range(n_m):
+                start_m = (m_begin + mi) * BLOCK_M
+                stage = it % STAGES
+                phase = (it // STAGES) & 1
+                mbarrier.wait(q_ready.index(stage), phase)
+                lse = lse_ring.index(stage).load(gl.SliceLayout(0, s_layout))
+                q = q_ring.index(stage).reshape([BLOCK_M, HEAD_DIM])
+                qk = warpgroup_mma(k, q.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+                qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
+                masked = (start_m < full_lo) | (start_m + BLOCK_M > full_hi)
+                p, p_ds = _probabilities(qk, lse, offs_n, start_m, masked, key_ok, rows, score, BLOCK_M, CAUSAL,
+                                         HAS_WINDOW, HAS_DOC, SOFTCAP, s_layout)
+                buf = it % 2
+                mbarrier.wait(p_free.index(buf), ((it // 2) & 1) ^ 1)  # a fresh barrier passes parity 1
+                p_smem.index(buf).store(p_ds.to(dtype))
+                _warpgroup_barrier()  # every thread's part of P^T written before group 1 is told
+                mbarrier.arrive(p_full.index(buf), count=1)
+                p_op = gl.convert_layout(p.to(dtype), op_layout)
+                mbarrier.wait(do_ready.index(stage), phase)
+                dv = warpgroup_mma(p_op, do_ring.index(stage).reshape([BLOCK_M, HEAD_DIM]), dv, is_async=True)
+                dv, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(dv, p_op))
+                mbarrier.arrive(empty.index(stage), count=1)
+                it += 1
+
+    _store(DV, dv_strides, b, hk, start_n, dv.to(dtype), SKV, kv_layout)
+
+
+@gluon.jit
+def _dk_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
+    """Above head size 128, group 1: per query block dP^T = V dO^T (its accumulator starting at -Delta), dS^T from
+    group 0's P^T, and dK += dS^T Q (dS^T from registers)."""
+    _, _, v_desc, _, DK, _, _, _, dk_strides, _, _, _ = io
+    H, GROUP, SQ, SKV = shape
+    q_ring, do_ring, q_ready, do_ready, empty, _, v_smem, kv_ready, p_bufs, _, row_rings = bufs
+    p_smem, p_full, p_free = p_bufs
+    delta_ring = row_rings[1]
+    dtype: gl.constexpr = v_desc.dtype
+    s_layout: gl.constexpr = mma_layout(BLOCK_M)
+    kv_layout: gl.constexpr = mma_layout(HEAD_DIM)
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+
+    start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, ROWS_PER_GROUP, CAUSAL, HAS_PADDING,
+                                                HAS_WINDOW, HAS_DOC)
+    dk = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, kv_layout)
+    if n_m > 0:
+        load_block(v_desc, b, hk, start_n, kv_ready.index(1), v_smem.index(0))
+        v = v_smem.index(0).reshape([ROWS_PER_GROUP, HEAD_DIM])
+        s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_M], gl.float32, s_layout)
+        mbarrier.wait(kv_ready.index(1), 0)
+
+        it = 0
+        for g in range(GROUP):
+            for mi in range(n_m):
+                stage = it % STAGES
+                phase = (it // STAGES) & 1
+                mbarrier.wait(do_ready.index(stage), phase)
+                delta = delta_ring.index(stage).load(gl.SliceLayout(0, s_layout))
+                do = do_ring.index(stage).reshape([BLOCK_M, HEAD_DIM])
+                dp = warpgroup_mma(v, do.permute((1, 0)), s_zero - delta[None, :], is_async=True)
+                buf = it % 2
+                mbarrier.wait(p_full.index(buf), (it // 2) & 1)
+                p_ds = p_smem.index(buf).load(s_layout)
+                _warpgroup_barrier()  # every thread has read P^T before group 0 may write the buffer again
+                mbarrier.arrive(p_free.index(buf), count=1)
+                dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
+                ds_op = gl.convert_layout((p_ds.to(gl.float32) * dp).to(dtype), op_layout)
+                mbarrier.wait(q_ready.index(stage), phase)
+                dk = warpgroup_mma(ds_op, q_ring.index(stage).reshape([BLOCK_M, HEAD_DIM]), dk, is_async=True)
+                dk, ds_op = warpgroup_mma_wait(num_outstanding=0, deps=(dk, ds_op))
+                mbarrier.arrive(empty.index(stage), count=1)
+                it += 1
+
+    _store(DK, dk_strides, b, hk, start_n, (dk * score[1]).to(dtype), SKV, kv_layout)
 
 
 DQ_COLUMNS = gl.constexpr(32)  # dQ's columns per matmul and reduction: 128 bytes of float32, TMA's swizzle width
@@ -295,7 +437,8 @@ def _writer(io, shape, mask, dq_bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.conste
     dq_desc = io[10]
     H, GROUP, SQ, _ = shape
     dq_stage, dq_full, dq_free = dq_bufs
-    _, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+    _, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, 2 * ROWS_PER_GROUP, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                                          HAS_DOC)
     tiles: gl.constexpr = HEAD_DIM // 2 // DQ_COLUMNS  # per group
     it = 0
     for g in range(GROUP):
@@ -314,10 +457,13 @@ def _writer(io, shape, mask, dq_bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.conste
 
 
 @gluon.jit
-def _store(X, strides, b, hk, keys, cols, value, stored):
+def _store(X, strides, b, hk, start_n, value, SKV, layout: gl.constexpr):
+    """value, the (64, D) gradient of the keys from start_n, into X (B, HK, SKV, D); keys past SKV left out."""
     stride_b, stride_h, stride_n = strides
+    keys = start_n + gl.arange(0, ROWS_PER_GROUP, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, value.shape[1], layout=gl.SliceLayout(0, layout))
     ptrs = X + b.to(gl.int64) * stride_b + hk.to(gl.int64) * stride_h + keys[:, None] * stride_n + cols[None, :]
-    gl.store(ptrs, value, mask=stored)
+    gl.store(ptrs, value, mask=keys[:, None] < SKV)
 
 
 @gluon.jit
@@ -343,12 +489,15 @@ def attention_bwd_dkdv_hopper_kernel(
     k_desc and v_desc (1, 1, 64, HEAD_DIM) tiles of K and V (B, HK, SKV, D); DK, DV (B, HK, SKV, D) with the given
     strides; lse_desc and delta_desc read BLOCK_M float32 values of LSE and Delta, flat (B * H) rows of stride_rows;
     with FUSED_DQ dq_desc adds (BLOCK_M, 32) tiles to a zeroed float32 (B * H * SQ, D) buffer (else it is not
-    used); the mask arguments as hopper_forward.py takes them; grid (cdiv(SKV, 128), B * HK)."""
+    used); the mask arguments as hopper_forward.py takes them; grid (cdiv(SKV, keys_per_program(HEAD_DIM)), B * HK)."""
     dtype: gl.constexpr = q_desc.dtype
+    KEYS: gl.constexpr = keys_per_program(HEAD_DIM)
+    SPLIT: gl.constexpr = KEYS == ROWS_PER_GROUP  # the groups share the keys: one K and one V block
+    gl.static_assert(not (SPLIT and FUSED_DQ), "dQ is written from the kernel up to head size 128")
     q_ring = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [2] + k_desc.block_type.shape, k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [2] + v_desc.block_type.shape, v_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [KEYS // ROWS_PER_GROUP] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [KEYS // ROWS_PER_GROUP] + v_desc.block_type.shape, v_desc.layout)
     lse_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + lse_desc.block_type.shape, lse_desc.layout)
     delta_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
     q_ready = _barriers(STAGES, 1)
@@ -362,6 +511,11 @@ def attention_bwd_dkdv_hopper_kernel(
         dq_stages = gl.allocate_shared_memory(gl.float32, [HEAD_DIM // DQ_COLUMNS] + dq_desc.block_type.shape,
                                               dq_desc.layout)  # the first group's half of the columns, then the other's
         dq_bufs = (dq_stages, _barriers(2, 1), _barriers(2, 1))  # full and free per group, for the writer
+    elif SPLIT:  # group 0's P^T for group 1, two buffers by block parity, with their full and free barriers
+        p_smem = gl.allocate_shared_memory(dtype, [2, ROWS_PER_GROUP, BLOCK_M],
+                                           gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2))
+        ds_bufs = (p_smem, _barriers(2, 1), _barriers(2, 1))
+        dq_bufs = k_smem  # not used
     else:
         ds_bufs = k_smem  # not used
         dq_bufs = k_smem
@@ -379,7 +533,7 @@ def attention_bwd_dkdv_hopper_kernel(
                          HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, 0)),
             (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
                          HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, 1)),
-            (_loader, (io, shape, mask, bufs, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+            (_loader, (io, shape, mask, bufs, BLOCK_M, KEYS, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
             (_writer, (io, shape, mask, dq_bufs, HEAD_DIM, BLOCK_M, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
         ], [4, 1, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS, LOADER_REGISTERS])
     else:
@@ -388,5 +542,5 @@ def attention_bwd_dkdv_hopper_kernel(
                          HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, 0)),
             (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
                          HAS_HOLES, HAS_DOC, SOFTCAP, FUSED_DQ, 1)),
-            (_loader, (io, shape, mask, bufs, BLOCK_M, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+            (_loader, (io, shape, mask, bufs, BLOCK_M, KEYS, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
         ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])

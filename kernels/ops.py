@@ -18,10 +18,10 @@ from .launch import GluonDescriptor, Launcher, TensorDescriptor, unchecked_descr
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 try:  # Gluon's Hopper language (Triton 3.6 and later)
-    from .hopper_backward import attention_bwd_dkdv_hopper_kernel
+    from .hopper_backward import attention_bwd_dkdv_hopper_kernel, keys_per_program
     from .hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel, shared_layout
 except ImportError:
-    attention_fwd_hopper_kernel = attention_bwd_dkdv_hopper_kernel = None
+    attention_fwd_hopper_kernel = attention_bwd_dkdv_hopper_kernel = keys_per_program = None
 
 
 # Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
@@ -265,16 +265,18 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
 # turns it off). Per head size it compiles for: query block and ring depth. HOPPER_BACKWARD_MIN_KEYS: where it
 # measured faster than backward.py's, per head size: from 2048 keys at head sizes 64 and 128, softcap included,
 # once the loader stages LSE and Delta (the backward 4-17% faster; at 512 keys head size 64 28% slower;
-# benchmarks/NOTES.md entries 15 and 17).
+# benchmarks/NOTES.md entries 15 and 17); at head size 256 at every length measured, 512 keys included, masks too
+# (its dK/dV pass 1.7-2.9x faster, the backward 1.25-1.7x; entry 18).
 HOPPER_BACKWARD = os.environ.get("HF_SDPA_HOPPER_BACKWARD", "1") == "1"
-HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2)}
-HOPPER_BACKWARD_MIN_KEYS = {64: 2048, 128: 2048}
+HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2), 256: (64, 2)}
+HOPPER_BACKWARD_MIN_KEYS = {64: 2048, 128: 2048, 256: 0}
 # Where it pays, the Gluon kernel writes dQ as well (added up in float32 by TMA reductions), in place of
 # backward.py's dQ kernel, which computes S and dP once more (HF_SDPA_HOPPER_FUSED_DQ=0 turns it off): from 8192
 # queries, dense or causal, the backward 2-15% faster; at 4096 and fewer, or with a mask that skips most of the
 # work, the extra passes (zeroing, Delta, the conversion) cost more than the matmuls saved (NOTES.md entry 17).
 HOPPER_FUSED_DQ = os.environ.get("HF_SDPA_HOPPER_FUSED_DQ", "1") == "1"
 HOPPER_FUSED_DQ_MIN_QUERIES = 8192
+HOPPER_FUSED_DQ_HEAD_SIZES = (64, 128)  # above, the kernel's two groups split dK and dV of the same keys
 
 
 def hopper_backward_fits(q, k, p: Pattern) -> bool:
@@ -320,7 +322,7 @@ def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern, dq_sum=None):
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     block_m, stages = HOPPER_BACKWARD_TILES[D]
-    keys = ROWS_PER_GROUP.value
+    keys = ROWS_PER_GROUP.value  # a K and V block: one group's keys
     descriptors = _gluon_descriptors((q, k, v, do), (block_m, keys, keys, block_m))
     if descriptors is None:
         return False
@@ -328,14 +330,15 @@ def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern, dq_sum=None):
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
     HOPPER_DKDV(
-        (cdiv(SKV, 2 * keys), B * HK, 1), *descriptors, _dq_descriptor(dq_sum, block_m) or descriptors[0], dk, dv,
+        (cdiv(SKV, keys_per_program(D)), B * HK, 1), *descriptors, _dq_descriptor(dq_sum, block_m) or descriptors[0], dk, dv,
         lse_desc, delta_desc, kv_lo, kv_hi, holes, key_keep, documents,
         qk_scale, sm_scale, softcap, window, *dk.stride()[:3], *dv.stride()[:3], s_keep, s_doc, row_len, H, H // HK, SQ,
         SKV,
         HEAD_DIM=D, BLOCK_M=block_m, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
         HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
         SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, FUSED_DQ=dq_sum is not None, num_warps=4)
-    _announce("attention_bwd_dkdv_hopper_kernel", BLOCK_M=block_m, BLOCK_N=2 * keys, warps=9, stages=stages, TMA=True)
+    _announce("attention_bwd_dkdv_hopper_kernel", BLOCK_M=block_m, BLOCK_N=keys_per_program(D), warps=9, stages=stages,
+              TMA=True)
     return True
 
 
@@ -438,7 +441,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
 
     gluon = (HOPPER_BACKWARD and HOPPER_DKDV is not None and hopper_backward_fits(q, k, p)
              and hopper_backward_pays(D, SKV, p) and _is_hopper(q.device))
-    if (gluon and HOPPER_FUSED_DQ and hopper_fused_dq_pays(SQ, p)
+    if (gluon and HOPPER_FUSED_DQ and D in HOPPER_FUSED_DQ_HEAD_SIZES and hopper_fused_dq_pays(SQ, p)
             and _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p)):
         return dq, dk, dv
     tma, gqa, reach = has_tma(q.device), H > HK, key_reach(SKV, block_d, p.window, p.longest_document)

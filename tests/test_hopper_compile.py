@@ -107,6 +107,23 @@ def test_gluon_backward_compiles_for_hopper_without_spills(head_dim, block_m, ma
     assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 
+@pytest.mark.parametrize("masks", [False, True])
+def test_gluon_backward_above_head_size_128_splits_the_gradients_between_the_groups(masks):
+    """At head size 256 the two consumer groups share 64 keys: one issues S^T over the head and dV += P^T dO over the
+    block's rows, taking P^T's exponentials, the other dP^T over the head and dK += dS^T Q, taking none (it reads
+    P^T from shared memory); nothing spilled in the loops."""
+    report = gluon_loops("hopper_backward", "--head-dim", 256, "--block-m", 64, "--stages", 2, *["--masks"] * masks)
+    consumers = [lp["kinds"] for lp in report["loops"] if lp["kinds"].get("HGMMA")]
+    assert consumers
+    for kinds in consumers:
+        assert kinds["HGMMA"] == 256 // 16 + 64 // 16, kinds
+        assert "STL" not in kinds and "LDL" not in kinds, kinds
+    # a thread holds 64 x 64 / 128 probabilities (and with softcap as many tanh)
+    assert sorted({kinds.get("MUFU", 0) for kinds in consumers})[0] == 0
+    assert max(kinds.get("MUFU", 0) for kinds in consumers) >= 32
+    assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
+
+
 @pytest.mark.parametrize("head_dim", [128, 64])
 def test_gluon_backward_writing_dq_compiles_for_hopper(head_dim):
     """The same kernel writing dQ too (FUSED_DQ): per consumer group one more matmul per query block (its half of

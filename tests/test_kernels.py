@@ -367,10 +367,12 @@ def test_the_gluon_forward_runs_where_it_measured_faster(head_dim, kv_len, pays)
 
 @pytest.mark.parametrize("head_dim, kv_len, changes, pays", [(128, 4096, dict(), True), (128, 1024, dict(), False),
                                                           (64, 8192, dict(), True), (64, 512, dict(), False),
-                                                          (128, 8192, dict(softcap=30.0), True), (256, 8192, dict(),
-                                                                                                  False)])
+                                                          (128, 8192, dict(softcap=30.0), True),
+                                                          (256, 8192, dict(), True), (256, 512, dict(), True),
+                                                          (32, 8192, dict(), False)])
 def test_the_gluon_backward_runs_where_it_measured_faster(head_dim, kv_len, changes, pays):
-    """ops.hopper_backward_pays: head sizes 64 and 128 from 2048 keys, softcap too (benchmarks/NOTES.md entry 17)."""
+    """ops.hopper_backward_pays: head sizes 64 and 128 from 2048 keys, softcap too (benchmarks/NOTES.md entry 17),
+    256 at every length (entry 18)."""
     assert ops.hopper_backward_pays(head_dim, kv_len, dense_pattern(**changes)) == pays
 
 
@@ -416,24 +418,27 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
     assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (128, 128, 2, True)
 
 
-def test_the_gluon_backward_launch_binds_every_kernel_parameter(monkeypatch):
+@pytest.mark.parametrize("head_dim, keys", [(64, 128), (256, 64)])
+def test_the_gluon_backward_launch_binds_every_kernel_parameter(head_dim, keys, monkeypatch):
     """As above for the Gluon dK/dV kernel, after the dQ kernel (run through the interpreter) has written Delta:
-    descriptors over Q, K, V and dO, a grid of 128-key blocks by batch x key/value heads."""
+    descriptors over Q, K, V and dO, a grid of key blocks (128 keys, 64 above head size 128) by batch x key/value
+    heads."""
     if ops.HOPPER_DKDV is None or not interpreting():
         pytest.skip("the dQ kernel runs on the CPU through the interpreter; this Triton has Gluon's Hopper language")
     calls = stub_launches(monkeypatch, ops.HOPPER_DKDV)
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
     monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)  # at head size 64 too
+    monkeypatch.setattr(ops, "HOPPER_FORWARD", False)  # the forward runs through the interpreter
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
-    q, do = (torch.randn(2, 40, 8, 64, dtype=torch.float16).transpose(1, 2) for _ in range(2))
-    k, v = (torch.randn(2, 2, 200, 64, dtype=torch.float16) for _ in range(2))
+    q, do = (torch.randn(2, 40, 8, head_dim, dtype=torch.float16).transpose(1, 2) for _ in range(2))
+    k, v = (torch.randn(2, 2, 200, head_dim, dtype=torch.float16) for _ in range(2))
     pattern = dense_pattern(scale=0.125, window=16)
     out, lse = ops.run_forward(q, k, v, pattern)
     dq, dk, dv = ops.run_backward(q, k, v, out, lse, do, pattern)
     (grid, warps, args), = calls
-    assert grid == (2, 4, 1) and warps == 4
+    assert grid == (-(-200 // keys), 4, 1) and warps == 4
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc", "do_desc")]
-    assert blocks == [[1, 1, 64, 64], [1, 1, 64, 64], [1, 1, 64, 64], [1, 1, 64, 64]]
+    assert blocks == [[1, 1, 64, head_dim]] * 4
     assert args["do_desc"].strides == list(do.stride()) and args["v_desc"].base is v
     assert args["DK"] is dk and args["DV"] is dv
     assert args["lse_desc"].base.data_ptr() == lse.data_ptr() and args["lse_desc"].block_shape == [64]
@@ -443,7 +448,7 @@ def test_the_gluon_backward_launch_binds_every_kernel_parameter(monkeypatch):
     assert (args["stride_dkb"], args["stride_dkh"], args["stride_dkn"]) == dk.stride()[:3]
     assert (args["stride_dvb"], args["stride_dvh"], args["stride_dvn"]) == dv.stride()[:3]
     assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 40, 200)
-    assert (args["HEAD_DIM"], args["BLOCK_M"], args["STAGES"], args["CAUSAL"]) == (64, 64, 2, True)
+    assert (args["HEAD_DIM"], args["BLOCK_M"], args["STAGES"], args["CAUSAL"]) == (head_dim, 64, 2, True)
 
 
 def test_the_gluon_backward_writing_dq_launches_after_delta(monkeypatch):
@@ -516,9 +521,9 @@ def test_gpu_gluon_forward(case, dtype, monkeypatch):
     assert ran[0] == "attention_fwd_hopper_kernel", ran
 
 
-# The Gluon dK/dV kernel's head sizes: the forward's cases at 128, a few at 64, and scales the forward leaves to
-# forward.py
-HOPPER_BACKWARD_CASES = [c for c in HOPPER_CASES if c[5] == 128] + [
+# The Gluon dK/dV kernel's head sizes: the forward's cases (at 256 its groups split the gradients), a few at 64, and
+# scales the forward leaves to forward.py
+HOPPER_BACKWARD_CASES = HOPPER_CASES + [
     (2, 8, 2, 1000, 1000, 64, dict(causal=True)),
     (1, 4, 1, 300, 300, 64, dict()),
     (3, 4, 2, 600, 600, 64, dict(causal=True, padding="holes")),
@@ -534,7 +539,8 @@ HOPPER_BACKWARD_CASES = [c for c in HOPPER_CASES if c[5] == 128] + [
 @pytest.mark.parametrize("case", HOPPER_BACKWARD_CASES,
                          ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
 def test_gpu_gluon_backward(case, dtype, fused_dq, monkeypatch):
-    """The Gluon dK/dV kernel (switched on), writing dQ too or not, against the float64 reference."""
+    """The Gluon dK/dV kernel (switched on), writing dQ too or not (it does up to head size 128), against the float64
+    reference."""
     if ops.HOPPER_DKDV is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon backward runs on sm90 with a Triton that has Gluon's Hopper language")
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
@@ -546,7 +552,7 @@ def test_gpu_gluon_backward(case, dtype, fused_dq, monkeypatch):
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
     assert "attention_bwd_dkdv_hopper_kernel" in ran, ran
-    assert ("attention_bwd_dq_kernel" in ran) != fused_dq, ran
+    assert ("attention_bwd_dq_kernel" in ran) != (fused_dq and d in ops.HOPPER_FUSED_DQ_HEAD_SIZES), ran
 
 
 DECODE_CASES = [

@@ -1,14 +1,16 @@
 """The Gluon dK/dV kernel (kernels/hopper_backward.py) against backward.py's and torch's cuDNN and FA2, interleaved.
 
-    python benchmarks/hopper_bwd_ab.py --out DIR [--cases d128-gqa-s4096-causal,...] [--tiles 128:64x3,...]
+    python benchmarks/hopper_bwd_ab.py --out DIR [--cases d128-gqa-s4096-causal,...] [--tiles 128:64x3,128:dq128x2]
 
 Per case (tune.py's case names; with padding, a window, softcap or documents no torch backend is timed): first
 each Gluon variant's gradients against backward.py's (the largest difference over the largest magnitude, per
 gradient; a variant that did not run the Gluon kernel or differs by more than bf16 rounding is not timed), then
 the backward alone (one forward kept, its graph retained) and forward+backward, the variants taking turns round by
 round as in hopper_ab.py. Every variant runs ops' default forward, so the differences are the dK/dV pass's.
-Variants: 'triton' (backward.py), 'gluon' (ops.HOPPER_BACKWARD_TILES), 'gluon_dq' (the same kernel writing dQ
-too, ops.HOPPER_FUSED_DQ) and one per --tiles entry (head size:query block x ring stages), 'sdpa_cudnn',
+Variants: 'triton' (backward.py), 'gluon' (ops.HOPPER_BACKWARD_TILES, with backward.py's dQ kernel), 'hdq' (the
+same with the Gluon dQ kernel, ops.HOPPER_DQ_TILES, where it compiles), 'gluon_dq' (the dK/dV kernel writing dQ
+too, ops.HOPPER_FUSED_DQ, where it does), one per --tiles entry (head size:query block x ring stages of the dK/dV
+kernel, 'gluon_64x3'; head size:dq key block x ring stages of the Gluon dQ kernel, 'hdq_128x2'), 'sdpa_cudnn',
 'sdpa_fa2'. Medians in ms and, for unmasked cases, TFLOP/s (FlashAttention's
 count: backward 2.5x the forward's 4*b*h*s*s*d, halved when causal); --profile adds each variant's kernel times
 of one backward call. Writes hopper_bwd_ab.json and .md.
@@ -35,19 +37,31 @@ DEFAULT_CASES = ("d128-gqa-s4096-causal,d128-mha-s8192-causal,d128-mha-s8192-ful
 @contextlib.contextmanager
 def variant(name, d):
     """ops as the variant runs: the Gluon dK/dV kernel on (wherever its scope holds the input) or off, writing dQ
-    too (gluon_dq) or not, and its tiles for head size d (gluon_64x3: query block x ring stages)."""
+    too (gluon_dq) or not, dQ by the Gluon dQ kernel (hdq) or backward.py's, and the tiles for head size d of the
+    dK/dV kernel (gluon_64x3: query block x ring stages) or of the dQ kernel (hdq_128x2: key block x stages)."""
     saved = (ops.HOPPER_BACKWARD, dict(ops.HOPPER_BACKWARD_TILES), ops.hopper_backward_pays, ops.HOPPER_FUSED_DQ,
-             ops.hopper_fused_dq_pays)
-    ops.HOPPER_BACKWARD = name.startswith("gluon")
+             ops.hopper_fused_dq_pays, ops.HOPPER_GLUON_DQ, dict(ops.HOPPER_DQ_TILES))
+    ops.HOPPER_BACKWARD = name.startswith(("gluon", "hdq"))
     ops.HOPPER_FUSED_DQ = name == "gluon_dq"
+    ops.HOPPER_GLUON_DQ = name.startswith("hdq")
     ops.hopper_backward_pays = ops.hopper_fused_dq_pays = lambda *args: True
-    if name.startswith("gluon_") and name != "gluon_dq":
-        ops.HOPPER_BACKWARD_TILES[d] = tuple(map(int, name.removeprefix("gluon_").split("x")))
+    kind, _, tiles = name.partition("_")
+    if kind in ("gluon", "hdq") and tiles and name != "gluon_dq":
+        table = ops.HOPPER_DQ_TILES if name.startswith("hdq") else ops.HOPPER_BACKWARD_TILES
+        table[d] = tuple(map(int, tiles.split("x")))
     try:
         yield
     finally:
         (ops.HOPPER_BACKWARD, ops.HOPPER_BACKWARD_TILES, ops.hopper_backward_pays, ops.HOPPER_FUSED_DQ,
-         ops.hopper_fused_dq_pays) = saved
+         ops.hopper_fused_dq_pays, ops.HOPPER_GLUON_DQ, ops.HOPPER_DQ_TILES) = saved
+
+
+def variant_kernels(name) -> set:
+    """The Gluon kernels that a variant must run to be timed."""
+    kernels = {"attention_bwd_dkdv_hopper_kernel"}
+    if name.startswith("hdq"):
+        kernels.add("attention_bwd_dq_hopper_kernel")
+    return kernels
 
 
 def gradients(fwd_bwd, leaves):
@@ -71,8 +85,9 @@ def check(case, fwd_bwd, leaves, names):
                 grads = gradients(fwd_bwd, leaves)
         finally:
             ops.LAUNCH_HOOKS.pop()
-        checks[name] = dict(kernel="attention_bwd_dkdv_hopper_kernel" if "attention_bwd_dkdv_hopper_kernel" in ran
-                            else None, **{g: ((a - b).abs().max() / b.abs().max()).item()
+        checks[name] = dict(kernel=",".join(sorted(variant_kernels(name))) if variant_kernels(name) <= set(ran)
+                            else None,
+                            **{g: ((a - b).abs().max() / b.abs().max()).item()
                                           for g, a, b in zip(("dq", "dk", "dv"), grads, ours)})
     return checks
 
@@ -113,8 +128,10 @@ def measure(case_name, extra_tiles, rounds, profiled):
 
     def forward():
         return attention(q, k, v, causal=case["causal"], **masks)
-    gluons = ["gluon"] + ["gluon_dq"] * (case["d"] in ops.HOPPER_FUSED_DQ_HEAD_SIZES)
-    gluons += [f"gluon_{tiles}" for d, tiles in extra_tiles if int(d) == case["d"]]
+    gluons = ["gluon"] + ["hdq"] * (case["d"] in ops.HOPPER_DQ_TILES)
+    gluons += ["gluon_dq"] * (case["d"] in ops.HOPPER_FUSED_DQ_HEAD_SIZES)
+    gluons += [f"hdq_{tiles[2:]}" if tiles.startswith("dq") else f"gluon_{tiles}" for d, tiles in extra_tiles
+               if int(d) == case["d"]]
     result = dict(case=case_name, checks=check(case, fwd_bwd, (q, k, v), gluons), bwd_ms={}, fwd_bwd_ms={})
     names = ["triton"] + [g for g in gluons if correct(result["checks"][g])]
     names += [] if masked(case) else list(TORCH)

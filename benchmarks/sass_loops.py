@@ -4,6 +4,7 @@ count the instructions of each loop body by kind, with the registers and stack a
     python benchmarks/sass_loops.py forward --head-dim 64 [--block-m 64 --block-n 64 --warps 4 --stages 3 --no-tma]
     python benchmarks/sass_loops.py hopper_forward --head-dim 128 --block-n 128 --stages 2   (the Gluon forward)
     python benchmarks/sass_loops.py hopper_backward --head-dim 128 --block-m 64 --stages 2   (the Gluon dK/dV)
+    python benchmarks/sass_loops.py hopper_dq --head-dim 128 --block-n 64 --stages 2          (the Gluon dQ)
 
 Triton ships ptxas and nvdisasm, so this needs no device. The forward, dQ and dK/dV kernels walk their blocks in
 three phases (masked edge, unmasked middle, masked edge, kernels/tiles.py): the middle loop is where a long
@@ -93,8 +94,21 @@ def compile_hopper_backward(head_dim: int = 128, block_m: int = 64, stages: int 
                                HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap, FUSED_DQ=fused_dq))
 
 
+def compile_hopper_dq(head_dim: int = 128, block_n: int = 64, stages: int = 2, causal: bool = True,
+                      dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False,
+                      documents: bool = False):
+    """kernels/hopper_dq.py's Gluon dQ kernel compiled for sm90 as ops launches it."""
+    from hf_sdpa.kernels.hopper_dq import attention_bwd_dq_hopper_kernel
+    from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP
+
+    rows = {"q_desc": ROWS_PER_GROUP.value, "do_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
+    return _compile_gluon(attention_bwd_dq_hopper_kernel, rows, head_dim, dtype,
+                          dict(BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
+                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap))
+
+
 # the Gluon kernels' pointer and float arguments; every other one is an int32
-GLUON_ARGS = {"O": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
+GLUON_ARGS = {"O": "*{dtype}", "DQ": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
               "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8", "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32",
               "sm_scale": "fp32", "softcap": "fp32"}
 
@@ -151,14 +165,22 @@ def _loop_bodies(sass: str) -> list:
     """The instruction lines of each loop body (a backward branch's span), in the order the loops close."""
     lines = sass.splitlines()
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\s*\.?(L_x_\d+):", line))}
+    branch = re.compile(r"(@!?P\d\s+)?\bBRA\b[^;]*?(L_x_\d+)")
     bodies = []
     for i, line in enumerate(lines):
-        # a loop closes with a predicated branch back; the unpredicated ones return from out-of-line barrier waits
-        m = re.search(r"@!?P\d\s+BRA\b[^;]*?(L_x_\d+)", line)
-        if m and labels.get(m.group(1), i) < i:
-            body = [b for b in lines[labels[m.group(1)]:i + 1] if re.search(r"/\*[0-9a-f]{4,}\*/", b)]
-            if len(body) > 8:  # not a barrier's wait-and-retry spin
-                bodies.append(body)
+        m = branch.search(line)
+        start = labels.get(m.group(2), i) if m else i
+        if start >= i:
+            continue
+        body = [b for b in lines[start:i + 1] if re.search(r"/\*[0-9a-f]{4,}\*/", b)]
+        # A loop closes with a branch back, mostly a predicated one. An unpredicated one closes a loop whose exit
+        # test sits inside it (ptxas rotates some loops so) only where nothing between holds another unpredicated
+        # jump, an exit or a partition's entry: else it returns from an out-of-line barrier wait or joins code.
+        if not m.group(1) and any(re.search(r"\s(EXIT|USETMAXREG|BRX)\b", b) or
+                                  (branch.search(b) and not branch.search(b).group(1)) for b in body[:-1]):
+            continue
+        if len(body) > 8:  # not a barrier's wait-and-retry spin
+            bodies.append(body)
     return bodies
 
 
@@ -192,7 +214,7 @@ def exponentials_between_waits(compiled) -> list:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kernel", choices=sorted(KERNELS) + ["hopper_forward", "hopper_backward"])
+    parser.add_argument("kernel", choices=sorted(KERNELS) + ["hopper_forward", "hopper_backward", "hopper_dq"])
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-m", type=int, default=64)
     parser.add_argument("--block-n", type=int, default=64)
@@ -209,6 +231,9 @@ def main():
         compiled = compile_hopper_forward(args.head_dim, args.block_n, args.stages, causal=not args.full,
                                           padding=args.masks, window=args.masks, softcap=args.masks,
                                           documents=args.masks)
+    elif args.kernel == "hopper_dq":  # 128 rows in two consumer groups, a loader warp
+        compiled = compile_hopper_dq(args.head_dim, args.block_n, args.stages, causal=not args.full,
+                                     padding=args.masks, window=args.masks, softcap=args.masks, documents=args.masks)
     elif args.kernel == "hopper_backward":  # 128 keys in two consumer groups, a loader warp
         compiled = compile_hopper_backward(args.head_dim, args.block_m, args.stages, causal=not args.full,
                                            padding=args.masks, window=args.masks, softcap=args.masks,

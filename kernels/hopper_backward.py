@@ -38,8 +38,9 @@ from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _tma_load, hardware_tanh,
-                             load_block, mma_layout, padding_range)
+from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _tma_load, barriers,
+                             hardware_tanh, load_block, mma_layout, padding_range,
+                             register_operand)
 from .tiles import LOG2E
 
 
@@ -200,7 +201,7 @@ def _dk_and_dv_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     dtype: gl.constexpr = k_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_M)
     kv_layout: gl.constexpr = mma_layout(HEAD_DIM)
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+    op_layout: gl.constexpr = register_operand(HEAD_DIM)
     rows_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                         instr_shape=[16, DQ_COLUMNS, 16])
@@ -280,7 +281,7 @@ def _dv_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
     dtype: gl.constexpr = k_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_M)
     kv_layout: gl.constexpr = mma_layout(HEAD_DIM)
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+    op_layout: gl.constexpr = register_operand(HEAD_DIM)
 
     start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, ROWS_PER_GROUP, CAUSAL, HAS_PADDING,
                                                 HAS_WINDOW, HAS_DOC)
@@ -336,7 +337,7 @@ def _dk_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
     dtype: gl.constexpr = v_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_M)
     kv_layout: gl.constexpr = mma_layout(HEAD_DIM)
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+    op_layout: gl.constexpr = register_operand(HEAD_DIM)
 
     start_n, b, hk, m_begin, n_m = _query_range(shape, mask, BLOCK_M, ROWS_PER_GROUP, CAUSAL, HAS_PADDING,
                                                 HAS_WINDOW, HAS_DOC)
@@ -467,15 +468,6 @@ def _store(X, strides, b, hk, start_n, value, SKV, layout: gl.constexpr):
 
 
 @gluon.jit
-def _barriers(n: gl.constexpr, count: gl.constexpr):
-    """n mbarriers, each completing a phase after count arrivals."""
-    bars = gl.allocate_shared_memory(gl.int64, [n, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(n):
-        mbarrier.init(bars.index(i), count=count)
-    return bars
-
-
-@gluon.jit
 def attention_bwd_dkdv_hopper_kernel(
         q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, lse_desc, delta_desc, KvLo, KvHi, Holes, KeyKeep, DocStart,
         qk_scale, sm_scale, softcap, window,
@@ -500,21 +492,21 @@ def attention_bwd_dkdv_hopper_kernel(
     v_smem = gl.allocate_shared_memory(dtype, [KEYS // ROWS_PER_GROUP] + v_desc.block_type.shape, v_desc.layout)
     lse_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + lse_desc.block_type.shape, lse_desc.layout)
     delta_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
-    q_ready = _barriers(STAGES, 1)
-    do_ready = _barriers(STAGES, 1)
-    empty = _barriers(STAGES, 2)  # both consumer groups release a buffer
-    kv_ready = _barriers(4, 1)
+    q_ready = barriers(STAGES, 1)
+    do_ready = barriers(STAGES, 1)
+    empty = barriers(STAGES, 2)  # both consumer groups release a buffer
+    kv_ready = barriers(4, 1)
     if FUSED_DQ:  # each group's dS^T, two per group by block parity, and their barriers
         ds_smem = gl.allocate_shared_memory(dtype, [4, ROWS_PER_GROUP, BLOCK_M],
                                             gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2))
-        ds_bufs = (ds_smem, _barriers(2, 2), _barriers(2, 2))
+        ds_bufs = (ds_smem, barriers(2, 2), barriers(2, 2))
         dq_stages = gl.allocate_shared_memory(gl.float32, [HEAD_DIM // DQ_COLUMNS] + dq_desc.block_type.shape,
                                               dq_desc.layout)  # the first group's half of the columns, then the other's
-        dq_bufs = (dq_stages, _barriers(2, 1), _barriers(2, 1))  # full and free per group, for the writer
+        dq_bufs = (dq_stages, barriers(2, 1), barriers(2, 1))  # full and free per group, for the writer
     elif SPLIT:  # group 0's P^T for group 1, two buffers by block parity, with their full and free barriers
         p_smem = gl.allocate_shared_memory(dtype, [2, ROWS_PER_GROUP, BLOCK_M],
                                            gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2))
-        ds_bufs = (p_smem, _barriers(2, 1), _barriers(2, 1))
+        ds_bufs = (p_smem, barriers(2, 1), barriers(2, 1))
         dq_bufs = k_smem  # not used
     else:
         ds_bufs = k_smem  # not used

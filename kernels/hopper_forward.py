@@ -40,10 +40,25 @@ def mma_layout(columns):
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, columns, 16])
 
 
+@gluon.constexpr_function
+def register_operand(columns):
+    """The layout of a matmul's first operand held in registers, for an accumulator of the given columns."""
+    return gl.DotOperandLayout(operand_index=0, parent=mma_layout(columns), k_width=2)
+
+
 @gluon.jit
 def load_block(desc, b, head, start, bar, dest):
     mbarrier.expect(bar, desc.block_type.nbytes)
     _tma_load(desc, [b, head, start, 0], bar, dest)
+
+
+@gluon.jit
+def barriers(n: gl.constexpr, count: gl.constexpr):
+    """n mbarriers, each completing a phase after count arrivals."""
+    bars = gl.allocate_shared_memory(gl.int64, [n, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(n):
+        mbarrier.init(bars.index(i), count=count)
+    return bars
 
 
 @gluon.jit
@@ -102,36 +117,78 @@ def _loader(io, shape, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, 
 
 
 @gluon.jit
-def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+def row_masks(shape, mask, start_m, b, offs_m, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
+              HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr):
+    """What hides keys from the 64 rows offs_m (from start_m) of batch row b: (lo, hi, full_lo, full_hi, offset,
+    window, doc_rows, keep_row). Keys outside [full_lo, full_hi) are hidden from some row (past its diagonal,
+    outside its window, before its document, padding, past the last key; every key where the padding mask has gaps,
+    which keep_row, the batch row's mask, then decides), so a block reaching out of it is masked (masked_block,
+    visible)."""
+    H, _, SQ, SKV = shape
+    KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b = mask
+    offset = SKV - SQ
+    lo, hi = padding_range(KvLo, KvHi, b, SKV, HAS_PADDING)
+    full_lo = lo
+    full_hi = hi
+    if CAUSAL:
+        full_hi = gl.minimum(full_hi, start_m + offset + 1)
+    last_m = gl.minimum(start_m + ROWS_PER_GROUP, SQ) - 1
+    if HAS_WINDOW:
+        full_lo = gl.maximum(full_lo, last_m + offset - window + 1)
+    doc_rows = offs_m  # unused without documents
+    if HAS_DOC:  # each row's document start; every row sees keys from the last row's on
+        docs = DocStart + b * stride_doc_b
+        doc_rows = gl.load(docs + offs_m, mask=offs_m < SQ, other=0)
+        full_lo = gl.maximum(full_lo, gl.load(docs + last_m))
+    keep_row = (KeyKeep, b * stride_keep_b)  # read with HAS_HOLES; an int32 offset spares registers
+    if HAS_HOLES:
+        if gl.load(Holes + b) != 0:
+            full_hi = full_lo  # every block is masked
+    return lo, hi, full_lo, full_hi, offset, window, doc_rows, keep_row
+
+
+@gluon.jit
+def masked_block(start_n, rows, BLOCK_N: gl.constexpr):
+    """Whether the key block from start_n reaches out of the keys that every row sees (row_masks)."""
+    return (start_n < rows[2]) | (start_n + BLOCK_N > rows[3])
+
+
+@gluon.jit
+def visible(start_n, offs_m, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
+            HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, s_layout: gl.constexpr):
+    """The (rows, keys) pairs of the key block from start_n that attend (rows: row_masks')."""
+    lo, hi, _, _, offset, window, doc_rows, keep_row = rows
+    offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    keep = (offs_n[None, :] >= lo) & (offs_n[None, :] < hi)
+    if CAUSAL:
+        keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
+    if HAS_WINDOW:
+        keep = keep & (offs_n[None, :] > offs_m[:, None] + offset - window)
+    if HAS_DOC:
+        keep = keep & (offs_n[None, :] >= doc_rows[:, None])
+    if HAS_HOLES:
+        key_keep, row_offset = keep_row
+        keep = keep & (gl.load(key_keep + row_offset + offs_n, mask=offs_n < hi, other=0) != 0)[None, :]
+    return keep
+
+
+@gluon.jit
+def _scores(
+qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr,
             s_layout: gl.constexpr):
     """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials, in the log2
     domain. score = (qk_scale, sm_scale, softcap), as ops passes them to every kernel: without softcap the scale
     (qk_scale = sm_scale * log2(e)) rides on the exponent's FFMA; with it the scores are softcap * log2(e) *
-    tanh(qk * sm_scale / softcap), through the hardware tanh (16-bit inputs only reach here).
-    rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows, keep_row): keys outside [full_lo, full_hi) are hidden
-    from some row of the group (past its diagonal, outside its window, before its document, padding, past the last
-    key; every key where the padding mask has gaps, which keep_row, the batch row's mask, then decides), so a block
-    reaching out of it is masked first; a row that has seen no key yet keeps -inf as its maximum and takes
-    exponentials against 0 (they are all 0)."""
+    tanh(qk * sm_scale / softcap), through the hardware tanh (16-bit inputs only reach here). rows: row_masks'; a row
+    that has seen no key yet keeps -inf as its maximum and takes exponentials against 0 (they are all 0)."""
     qk_scale, sm_scale, softcap = score
     if SOFTCAP:
         qk = hardware_tanh(qk * (sm_scale / softcap)) * (softcap * LOG2E)
         qk_scale = 1.0
-    lo, hi, full_lo, full_hi, offset, window, doc_rows, keep_row = rows
-    if (start_n < full_lo) | (start_n + BLOCK_N > full_hi):
-        offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        keep = (offs_n[None, :] >= lo) & (offs_n[None, :] < hi)
-        if CAUSAL:
-            keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
-        if HAS_WINDOW:
-            keep = keep & (offs_n[None, :] > offs_m[:, None] + offset - window)
-        if HAS_DOC:
-            keep = keep & (offs_n[None, :] >= doc_rows[:, None])
-        if HAS_HOLES:
-            key_keep, row_offset = keep_row
-            keep = keep & (gl.load(key_keep + row_offset + offs_n, mask=offs_n < hi, other=0) != 0)[None, :]
-        qk = gl.where(keep, qk, float("-inf"))
+    if masked_block(start_n, rows, BLOCK_N):
+        qk = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, s_layout), qk,
+                      float("-inf"))
         m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
         m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
     else:
@@ -148,12 +205,11 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
     group's."""
     q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
     H, _, SQ, SKV = shape
-    KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b = mask
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N)
     o_layout: gl.constexpr = mma_layout(HEAD_DIM)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    p_layout: gl.constexpr = register_operand(HEAD_DIM)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     my_turn = turn.index(GROUP_ID)
@@ -168,25 +224,7 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
     m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
     l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
     if n_blocks > 0:
-        offset = SKV - SQ
-        lo, hi = padding_range(KvLo, KvHi, b, SKV, HAS_PADDING)
-        full_lo = lo
-        full_hi = hi
-        if CAUSAL:
-            full_hi = gl.minimum(full_hi, start_m + offset + 1)
-        last_m = gl.minimum(start_m + ROWS_PER_GROUP, SQ) - 1
-        if HAS_WINDOW:
-            full_lo = gl.maximum(full_lo, last_m + offset - window + 1)
-        doc_rows = offs_m  # unused without documents
-        if HAS_DOC:  # each row's document start; every row sees keys from the last row's on
-            docs = DocStart + b * stride_doc_b
-            doc_rows = gl.load(docs + offs_m, mask=offs_m < SQ, other=0)
-            full_lo = gl.maximum(full_lo, gl.load(docs + last_m))
-        keep_row = (KeyKeep, b * stride_keep_b)  # read with HAS_HOLES; an int32 offset spares registers
-        if HAS_HOLES:
-            if gl.load(Holes + b) != 0:
-                full_hi = full_lo  # every block is masked
-        rows = (lo, hi, full_lo, full_hi, offset, window, doc_rows, keep_row)
+        rows = row_masks(shape, mask, start_m, b, offs_m, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
 
         q_buf = q_smem.index(GROUP_ID)
         load_block(q_desc, b, h, start_m, q_ready.index(GROUP_ID), q_buf)
@@ -281,20 +319,12 @@ def attention_fwd_hopper_kernel(
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(turn.index(i), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)  # both consumer groups release a buffer
-        mbarrier.init(v_empty.index(i), count=2)
+    q_ready = barriers(2, 1)
+    turn = barriers(2, 1)
+    k_ready = barriers(STAGES, 1)
+    v_ready = barriers(STAGES, 1)
+    k_empty = barriers(STAGES, 2)  # both consumer groups release a buffer
+    v_empty = barriers(STAGES, 2)
     mbarrier.arrive(turn.index(0), count=1)  # group 0 issues first
 
     io = (q_desc, k_desc, v_desc, O, Lse, stride_ob, stride_oh, stride_om)

@@ -19,9 +19,11 @@ from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_
 
 try:  # Gluon's Hopper language (Triton 3.6 and later)
     from .hopper_backward import attention_bwd_dkdv_hopper_kernel, keys_per_program
+    from .hopper_dq import attention_bwd_dq_hopper_kernel
     from .hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel, shared_layout
 except ImportError:
-    attention_fwd_hopper_kernel = attention_bwd_dkdv_hopper_kernel = keys_per_program = None
+    attention_fwd_hopper_kernel = attention_bwd_dkdv_hopper_kernel = attention_bwd_dq_hopper_kernel = None
+    keys_per_program = None
 
 
 # Multiplies and adds fused into FFMAs, as the kernels were tuned (the exponent's FFMA, benchmarks/NOTES.md 8):
@@ -31,8 +33,8 @@ FUSED = dict(enable_fp_fusion=True)
 FORWARD, DECODE, DQ, DKDV, DELTA = map(Launcher, (attention_fwd_kernel, attention_decode_kernel,
                                                   attention_bwd_dq_kernel, attention_bwd_dkdv_kernel,
                                                   attention_bwd_delta_kernel))
-HOPPER_FWD, HOPPER_DKDV = (Launcher(k) if k is not None else None
-                           for k in (attention_fwd_hopper_kernel, attention_bwd_dkdv_hopper_kernel))
+HOPPER_FWD, HOPPER_DKDV, HOPPER_DQ = (Launcher(k) if k is not None else None for k in (
+    attention_fwd_hopper_kernel, attention_bwd_dkdv_hopper_kernel, attention_bwd_dq_hopper_kernel))
 
 # Called as hook(kernel_name, info) for each launch (blocks, warps, stages, TMA); hf_sdpa.trace and the doctor
 # add one to see which kernel ran and how.
@@ -279,6 +281,17 @@ HOPPER_FUSED_DQ_MIN_QUERIES = 8192
 HOPPER_FUSED_DQ_HEAD_SIZES = (64, 128)  # above, the kernel's two groups split dK and dV of the same keys
 
 
+# The Gluon dQ kernel (hopper_dq.py) in place of backward.py's, and of the dK/dV kernel writing dQ, wherever the
+# Gluon dK/dV kernel runs at a head size listed here (HF_SDPA_HOPPER_DQ=0 turns it off): key block and ring depth.
+# Measured on an H200 (benchmarks/NOTES.md entry 19): at head size 128 its dQ pass 22-26% faster than backward.py's,
+# the backward 3-14% faster, level with or faster than the fused dQ at 8k-16k; at head size 64 slower at 2k (0.47
+# against 0.41 ms) and level at 8k, so there backward.py's dQ kernel and, from 8k queries, the fused one stay.
+HOPPER_GLUON_DQ = os.environ.get("HF_SDPA_HOPPER_DQ", "1") == "1"
+HOPPER_DQ_TILES = {128: (128, 2)}
+# With padding, softcap or documents the 128-key blocks spill (sass_loops.py: 15-108 LDL per loop), 64 do not.
+HOPPER_DQ_MASKED_TILES = {128: (64, 2)}
+
+
 def hopper_backward_fits(q, k, p: Pattern) -> bool:
     """Whether hopper_backward.py's scope holds the input (its docstring), the device aside."""
     return (q.dtype in (torch.float16, torch.bfloat16) and q.shape[3] in HOPPER_BACKWARD_TILES and q.shape[2] >= 1
@@ -314,6 +327,37 @@ def _row_descriptor(x, block_m: int):
         x = torch.nn.functional.pad(x, (0, rows - x.shape[2]))
     flat = x.view(-1)
     return GluonDescriptor(flat, [flat.numel()], [1], [block_m], shared_layout((block_m,), "float32")), rows
+
+
+def _run_delta(out, do, delta):
+    """Delta = rowsum(dO * O) where no dQ kernel of backward.py's runs to write it."""
+    B, H, SQ, D = out.shape
+    block_m = 64
+    DELTA((cdiv(SQ, block_m), B * H, 1), out, do, delta, *_strides(out, do), H, SQ,
+          HEAD_DIM=D, BLOCK_D=head_block(D), BLOCK_M=block_m, num_warps=4)
+
+
+def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern) -> bool:
+    """Delta, then the Gluon dQ kernel, or False where a tensor's strides keep TMA from addressing it."""
+    B, H, SQ, D = q.shape
+    HK, SKV = k.shape[1], k.shape[2]
+    masked = p.kv_lo is not None or p.softcap is not None or p.documents is not None
+    block_n, stages = (HOPPER_DQ_MASKED_TILES if masked else HOPPER_DQ_TILES)[D]
+    rows = ROWS_PER_GROUP.value
+    descriptors = _gluon_descriptors((q, k, v, do), (rows, block_n, block_n, rows))
+    if descriptors is None:
+        return False
+    _run_delta(out, do, delta)
+    (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
+        _pattern_args(p, q)
+    HOPPER_DQ(
+        (cdiv(SQ, 2 * rows), B * H, 1), *descriptors, dq, lse, delta, kv_lo, kv_hi, holes, key_keep, documents,
+        qk_scale, sm_scale, softcap, window, *dq.stride()[:3], s_keep, s_doc, H, H // HK, SQ, SKV,
+        HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
+        HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
+        SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
+    _announce("attention_bwd_dq_hopper_kernel", BLOCK_M=2 * rows, BLOCK_N=block_n, warps=9, stages=stages, TMA=True)
+    return True
 
 
 def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern, dq_sum=None):
@@ -441,13 +485,15 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
 
     gluon = (HOPPER_BACKWARD and HOPPER_DKDV is not None and hopper_backward_fits(q, k, p)
              and hopper_backward_pays(D, SKV, p) and _is_hopper(q.device))
-    if (gluon and HOPPER_FUSED_DQ and D in HOPPER_FUSED_DQ_HEAD_SIZES and hopper_fused_dq_pays(SQ, p)
+    gluon_dq = gluon and HOPPER_GLUON_DQ and D in HOPPER_DQ_TILES
+    if (gluon and not gluon_dq and HOPPER_FUSED_DQ and D in HOPPER_FUSED_DQ_HEAD_SIZES and hopper_fused_dq_pays(SQ, p)
             and _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p)):
         return dq, dk, dv
     tma, gqa, reach = has_tma(q.device), H > HK, key_reach(SKV, block_d, p.window, p.longest_document)
-    cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, reach, tma, gqa), q, k, flags, launch_dq),
-                             launch_dq, q, flags)
-    _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)
+    if not (gluon_dq and _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p)):
+        cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, reach, tma, gqa), q, k, flags,
+                                               launch_dq), launch_dq, q, flags)
+        _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)
     if gluon and _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p):
         return dq, dk, dv
     cfg, used_tma = _fitting("dkdv", _choose("dkdv", dkdv_config(block_d, fp32, reach, tma, gqa), q, k, flags,
@@ -460,9 +506,7 @@ def _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p: Patt
     """Delta, then the Gluon kernel writing dK, dV and dQ (summed in float32), or False where a tensor's strides
     keep TMA from addressing it."""
     B, H, SQ, D = q.shape
-    block_m = 64
-    DELTA((cdiv(SQ, block_m), B * H, 1), out, do, delta, *_strides(out, do), H, SQ,
-          HEAD_DIM=D, BLOCK_D=head_block(D), BLOCK_M=block_m, num_warps=4)
+    _run_delta(out, do, delta)
     dq_sum = torch.zeros(B, H, SQ, D, dtype=torch.float32, device=q.device)
     if not _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p, dq_sum):
         return False

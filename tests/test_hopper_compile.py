@@ -124,6 +124,23 @@ def test_gluon_backward_above_head_size_128_splits_the_gradients_between_the_gro
     assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 
+@pytest.mark.parametrize("head_dim, block_n, masks", [(128, 128, False), (128, 64, True)])
+def test_gluon_dq_kernel_compiles_for_hopper_without_spills(head_dim, block_n, masks):
+    """kernels/hopper_dq.py at the tiles ops launches (64-key blocks with padding, softcap or documents): per
+    consumer group the three matmuls of a key block (S and dP over the head, dQ over the block's keys) with P's
+    exponentials between the wait for S and the wait for dP, a loader loop issuing TMA copies, and nothing spilled
+    in the loops."""
+    report = gluon_loops("hopper_dq", "--head-dim", head_dim, "--block-n", block_n, "--stages", 2,
+                         *["--masks"] * masks)
+    consumers = [lp["kinds"] for lp in report["loops"] if lp["kinds"].get("HGMMA")]
+    assert len(consumers) == 2
+    assert report["exponentials_between_waits"] == [64 * block_n // 128] * 2  # a thread's share of 64 x block_n
+    for kinds in consumers:
+        assert kinds["HGMMA"] == 2 * (head_dim // 16) + block_n // 16, kinds
+        assert "STL" not in kinds and "LDL" not in kinds, kinds
+    assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
+
+
 @pytest.mark.parametrize("head_dim", [128, 64])
 def test_gluon_backward_writing_dq_compiles_for_hopper(head_dim):
     """The same kernel writing dQ too (FUSED_DQ): per consumer group one more matmul per query block (its half of

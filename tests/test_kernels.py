@@ -429,6 +429,7 @@ def test_the_gluon_backward_launch_binds_every_kernel_parameter(head_dim, keys, 
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
     monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)  # at head size 64 too
     monkeypatch.setattr(ops, "HOPPER_FORWARD", False)  # the forward runs through the interpreter
+    monkeypatch.setattr(ops, "HOPPER_GLUON_DQ", False)  # and backward.py's dQ kernel
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     q, do = (torch.randn(2, 40, 8, head_dim, dtype=torch.float16).transpose(1, 2) for _ in range(2))
     k, v = (torch.randn(2, 2, 200, head_dim, dtype=torch.float16) for _ in range(2))
@@ -451,6 +452,42 @@ def test_the_gluon_backward_launch_binds_every_kernel_parameter(head_dim, keys, 
     assert (args["HEAD_DIM"], args["BLOCK_M"], args["STAGES"], args["CAUSAL"]) == (head_dim, 64, 2, True)
 
 
+def test_the_gluon_dq_kernel_launches_after_delta_and_binds_every_kernel_parameter(monkeypatch):
+    """Where the Gluon dK/dV kernel runs without writing dQ, the Gluon dQ kernel replaces backward.py's: the Delta
+    kernel (through the interpreter) first, then descriptors over Q, K, V and dO (64-row blocks of Q and dO, the
+    table's key blocks of K and V), a grid of 128-row blocks by batch x heads, and every parameter bound."""
+    if ops.HOPPER_DQ is None or not interpreting():
+        pytest.skip("the Delta kernel runs on the CPU through the interpreter; this Triton has Gluon's Hopper language")
+    calls = stub_launches(monkeypatch, ops.HOPPER_DQ)
+    dkdv_calls = stub_launches(monkeypatch, ops.HOPPER_DKDV)
+    monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
+    monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)
+    monkeypatch.setattr(ops, "HOPPER_GLUON_DQ", True)
+    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    ran = []
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
+    q, do = (torch.randn(2, 300, 8, 128, dtype=torch.float16).transpose(1, 2) for _ in range(2))  # the model's layout
+    k, v = (torch.randn(2, 2, 300, 128, dtype=torch.float16) for _ in range(2))
+    pattern = dense_pattern(scale=0.125, window=100)
+    out = torch.randn_like(q)
+    lse = torch.randn(2, 8, 300)
+    dq, dk, dv = ops.run_backward(q, k, v, out, lse, do, pattern)
+    assert ran == ["attention_bwd_dq_hopper_kernel", "attention_bwd_dkdv_hopper_kernel"], ran
+    (grid, warps, args), = calls
+    block_n = ops.HOPPER_DQ_TILES[128][0]
+    assert grid == (3, 16, 1) and warps == 4 and len(dkdv_calls) == 1
+    blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc", "do_desc")]
+    assert blocks == [[1, 1, 64, 128], [1, 1, block_n, 128], [1, 1, block_n, 128], [1, 1, 64, 128]]
+    assert args["q_desc"].strides == list(q.stride()) and args["do_desc"].strides == list(do.stride())
+    assert args["DQ"] is dq and args["Lse"] is lse
+    assert args["Delta"].data_ptr() == dkdv_calls[0][2]["delta_desc"].base.data_ptr()  # the dK/dV kernel reads it too
+    torch.testing.assert_close(args["Delta"], (out.float() * do.float()).sum(-1), rtol=1e-3, atol=1e-3)
+    assert args["sm_scale"] == 0.125 and args["window"] == 100 and args["HAS_WINDOW"] and not args["HAS_PADDING"]
+    assert (args["stride_dqb"], args["stride_dqh"], args["stride_dqm"]) == dq.stride()[:3]
+    assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 300, 300)
+    assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (128, block_n, 2, True)
+
+
 def test_the_gluon_backward_writing_dq_launches_after_delta(monkeypatch):
     """Where the Gluon kernel writes dQ too: the Delta kernel (through the interpreter) runs first and no dQ kernel;
     the launch adds 64 x 32 float32 tiles to a buffer of the queries' shape, LSE and Delta read in rows padded to a
@@ -462,6 +499,7 @@ def test_the_gluon_backward_writing_dq_launches_after_delta(monkeypatch):
     monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)
     monkeypatch.setattr(ops, "HOPPER_FUSED_DQ", True)
     monkeypatch.setattr(ops, "hopper_fused_dq_pays", lambda *args: True)
+    monkeypatch.setattr(ops, "HOPPER_GLUON_DQ", False)  # where it runs, it takes dQ's place
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     ran = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
@@ -533,26 +571,41 @@ HOPPER_BACKWARD_CASES = HOPPER_CASES + [
 ]
 
 
+# How the Gluon backward gets dQ: backward.py's dQ kernel, the Gluon dQ kernel (hopper_dq.py), or the dK/dV kernel
+# writing it too; and which dQ kernel runs for each at a head size (none: the dK/dV kernel writes it)
+DQ_ROUTES = ["triton_dq", "gluon_dq", "fused_dq"]
+
+
+def dq_kernel(route: str, head_dim: int):
+    if route == "fused_dq" and head_dim in ops.HOPPER_FUSED_DQ_HEAD_SIZES:
+        return None
+    if route == "gluon_dq" and head_dim in ops.HOPPER_DQ_TILES:
+        return "attention_bwd_dq_hopper_kernel"
+    return "attention_bwd_dq_kernel"
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("fused_dq", [False, True], ids=["dkdv", "fused_dq"])
+@pytest.mark.parametrize("route", DQ_ROUTES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", HOPPER_BACKWARD_CASES,
                          ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
-def test_gpu_gluon_backward(case, dtype, fused_dq, monkeypatch):
-    """The Gluon dK/dV kernel (switched on), writing dQ too or not (it does up to head size 128), against the float64
-    reference."""
+def test_gpu_gluon_backward(case, dtype, route, monkeypatch):
+    """The Gluon dK/dV kernel (switched on), with dQ by each route (the Gluon dQ kernel up to head size 128, the
+    dK/dV kernel writing it too likewise; above, backward.py's), against the float64 reference."""
     if ops.HOPPER_DKDV is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon backward runs on sm90 with a Triton that has Gluon's Hopper language")
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
     monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)  # where backward.py is faster too
-    monkeypatch.setattr(ops, "HOPPER_FUSED_DQ", fused_dq)
+    monkeypatch.setattr(ops, "HOPPER_FUSED_DQ", route == "fused_dq")
     monkeypatch.setattr(ops, "hopper_fused_dq_pays", lambda *args: True)
+    monkeypatch.setattr(ops, "HOPPER_GLUON_DQ", route == "gluon_dq")
     ran = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
     assert "attention_bwd_dkdv_hopper_kernel" in ran, ran
-    assert ("attention_bwd_dq_kernel" in ran) != (fused_dq and d in ops.HOPPER_FUSED_DQ_HEAD_SIZES), ran
+    dq_kernels = {"attention_bwd_dq_kernel", "attention_bwd_dq_hopper_kernel"}
+    assert {kernel for kernel in ran if kernel in dq_kernels} == {dq_kernel(route, d)} - {None}, ran
 
 
 DECODE_CASES = [

@@ -158,14 +158,16 @@ def test_the_gluon_forward_relaunches_with_all_parameters(monkeypatch):
     assert grid == (3, 8, 1) and len(args) == len(fake.arg_names)
 
 
-def test_the_gluon_backward_relaunches_with_all_parameters(monkeypatch):
-    """As above for the Gluon dK/dV kernel's call site (switched on, Hopper assumed), the dQ kernel a stand-in too."""
+@pytest.mark.parametrize("gluon_dq", [False, True], ids=["triton_dq", "gluon_dq"])
+def test_the_gluon_backward_relaunches_with_all_parameters(gluon_dq, monkeypatch):
+    """As above for the Gluon dK/dV kernel's call site and the Gluon dQ kernel's (switched on, Hopper assumed), the
+    other kernels of the backward stand-ins too."""
     if ops.HOPPER_DKDV is None:
         pytest.skip("this Triton has no Gluon Hopper language")
     monkeypatch.setattr(launch, "current_device", lambda: 0)
     monkeypatch.setattr(launch, "current_stream", lambda device: 0)
     fakes = {}
-    for name in ("DQ", "HOPPER_DKDV"):
+    for name in ("DELTA", "HOPPER_DQ", "HOPPER_DKDV") if gluon_dq else ("DQ", "HOPPER_DKDV"):
         launcher = getattr(ops, name)
         fakes[name] = _Kernel(launcher.kernel.arg_names)
         monkeypatch.setattr(launcher, "kernel", fakes[name])
@@ -173,16 +175,18 @@ def test_the_gluon_backward_relaunches_with_all_parameters(monkeypatch):
         monkeypatch.setattr(launcher, "compiled", {})
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
     monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)
+    monkeypatch.setattr(ops, "HOPPER_GLUON_DQ", gluon_dq)
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     q, k, v, out, do = (torch.randn(2, 4, 300, 128, dtype=torch.bfloat16) for _ in range(5))
     lse = torch.randn(2, 4, 300)
     pattern = ops.Pattern(None, None, None, None, None, True, None, None, 0.125, 0.0, 0, None)
     for _ in range(2):
         ops.run_backward(q, k, v, out, lse, do, pattern)
-    fake = fakes["HOPPER_DKDV"]
-    assert [entry[0] for entry in fake.log] == ["triton", "direct"]
-    _, grid, args, _ = fake.log[1]
-    assert grid == (3, 8, 1) and len(args) == len(fake.arg_names)
+    grids = {"HOPPER_DKDV": (3, 8, 1), "HOPPER_DQ": (3, 8, 1), "DELTA": (5, 8, 1), "DQ": None}
+    for name, fake in fakes.items():
+        assert [entry[0] for entry in fake.log] == ["triton", "direct"], name
+        _, grid, args, _ = fake.log[1]
+        assert grids[name] in (None, tuple(grid)) and len(args) == len(fake.arg_names), name
 
 
 @pytest.mark.gpu

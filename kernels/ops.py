@@ -335,6 +335,7 @@ def _run_delta(out, do, delta):
     block_m = 64
     DELTA((cdiv(SQ, block_m), B * H, 1), out, do, delta, *_strides(out, do), H, SQ,
           HEAD_DIM=D, BLOCK_D=head_block(D), BLOCK_M=block_m, num_warps=4)
+    _announce("attention_bwd_delta_kernel", BLOCK_M=block_m, warps=4)
 
 
 def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern) -> bool:

@@ -472,7 +472,7 @@ def test_the_gluon_dq_kernel_launches_after_delta_and_binds_every_kernel_paramet
     out = torch.randn_like(q)
     lse = torch.randn(2, 8, 300)
     dq, dk, dv = ops.run_backward(q, k, v, out, lse, do, pattern)
-    assert ran == ["attention_bwd_dq_hopper_kernel", "attention_bwd_dkdv_hopper_kernel"], ran
+    assert ran == ["attention_bwd_delta_kernel", "attention_bwd_dq_hopper_kernel", "attention_bwd_dkdv_hopper_kernel"]
     (grid, warps, args), = calls
     block_n = ops.HOPPER_DQ_TILES[128][0]
     assert grid == (3, 16, 1) and warps == 4 and len(dkdv_calls) == 1

@@ -275,7 +275,8 @@ HOPPER_BACKWARD_MIN_KEYS = {64: 2048, 128: 2048, 256: 0}
 # Where it pays, the Gluon kernel writes dQ as well (added up in float32 by TMA reductions), in place of
 # backward.py's dQ kernel, which computes S and dP once more (HF_SDPA_HOPPER_FUSED_DQ=0 turns it off): from 8192
 # queries, dense or causal, the backward 2-15% faster; at 4096 and fewer, or with a mask that skips most of the
-# work, the extra passes (zeroing, Delta, the conversion) cost more than the matmuls saved (NOTES.md entry 17).
+# work, the extra passes (zeroing, Delta, the conversion) cost more than the matmuls saved (NOTES.md entry 17). At
+# head size 128 the Gluon dQ kernel (below) takes its place: forward+backward faster or level (entry 19).
 HOPPER_FUSED_DQ = os.environ.get("HF_SDPA_HOPPER_FUSED_DQ", "1") == "1"
 HOPPER_FUSED_DQ_MIN_QUERIES = 8192
 HOPPER_FUSED_DQ_HEAD_SIZES = (64, 128)  # above, the kernel's two groups split dK and dV of the same keys
@@ -375,8 +376,8 @@ def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern, dq_sum=None):
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
     HOPPER_DKDV(
-        (cdiv(SKV, keys_per_program(D)), B * HK, 1), *descriptors, _dq_descriptor(dq_sum, block_m) or descriptors[0], dk, dv,
-        lse_desc, delta_desc, kv_lo, kv_hi, holes, key_keep, documents,
+        (cdiv(SKV, keys_per_program(D)), B * HK, 1), *descriptors, _dq_descriptor(dq_sum, block_m) or descriptors[0],
+        dk, dv, lse_desc, delta_desc, kv_lo, kv_hi, holes, key_keep, documents,
         qk_scale, sm_scale, softcap, window, *dk.stride()[:3], *dv.stride()[:3], s_keep, s_doc, row_len, H, H // HK, SQ,
         SKV,
         HEAD_DIM=D, BLOCK_M=block_m, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],

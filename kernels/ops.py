@@ -289,7 +289,8 @@ HOPPER_FUSED_DQ_HEAD_SIZES = (64, 128)  # above, the kernel's two groups split d
 # against 0.41 ms) and level at 8k, so there backward.py's dQ kernel and, from 8k queries, the fused one stay.
 HOPPER_GLUON_DQ = os.environ.get("HF_SDPA_HOPPER_DQ", "1") == "1"
 HOPPER_DQ_TILES = {128: (128, 2)}
-# With padding, softcap or documents the 128-key blocks spill (sass_loops.py: 15-108 LDL per loop), 64 do not.
+# With padding, softcap or documents, where HOPPER_DQ_TILES' blocks spill (sass_loops.py: 15-108 LDL per loop at
+# 128 keys, head size 128; none at 64).
 HOPPER_DQ_MASKED_TILES = {128: (64, 2)}
 
 
@@ -344,7 +345,7 @@ def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern) -> bool:
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     masked = p.kv_lo is not None or p.softcap is not None or p.documents is not None
-    block_n, stages = (HOPPER_DQ_MASKED_TILES if masked else HOPPER_DQ_TILES)[D]
+    block_n, stages = masked and HOPPER_DQ_MASKED_TILES.get(D) or HOPPER_DQ_TILES[D]
     rows = ROWS_PER_GROUP.value
     descriptors = _gluon_descriptors((q, k, v, do), (rows, block_n, block_n, rows))
     if descriptors is None:

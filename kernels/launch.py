@@ -122,10 +122,22 @@ class Launcher:
         return compiled
 
 
+def _unchecked(cls, t: torch.Tensor, shape: list, strides: list, block_shape: list, **fields):
+    """An instance of the descriptor dataclass cls without its __post_init__ checks (its other fields keep their
+    class defaults)."""
+    desc = cls.__new__(cls)
+    desc.__dict__.update(base=t, shape=shape, strides=strides, block_shape=block_shape, padding="zero", **fields)
+    return desc
+
+
 def unchecked_descriptor(t: torch.Tensor, shape: list, strides: list, block_shape: list):
     """A TensorDescriptor without its constructor's checks, for callers that have checked alignment and strides
     themselves: the checks of six descriptors took 60-100 us of a training call's Python time (about a quarter;
     measured on a CPU with the launches stubbed)."""
-    desc = TensorDescriptor.__new__(TensorDescriptor)
-    desc.__dict__.update(base=t, shape=shape, strides=strides, block_shape=block_shape, padding="zero")
-    return desc
+    return _unchecked(TensorDescriptor, t, shape, strides, block_shape)
+
+
+def unchecked_gluon_descriptor(t: torch.Tensor, shape: list, strides: list, block_shape: list, layout):
+    """A Gluon descriptor (its shared-memory layout too) without its constructor's checks, likewise: a training
+    call of the Gluon kernels builds 13 (benchmarks/NOTES.md entry 19)."""
+    return _unchecked(GluonDescriptor, t, shape, strides, block_shape, layout=layout)

@@ -14,7 +14,7 @@ from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_split
                      dq_config, forward_config, head_block, interpreting, key_reach, smaller)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
-from .launch import GluonDescriptor, Launcher, TensorDescriptor, unchecked_descriptor
+from .launch import Launcher, TensorDescriptor, unchecked_descriptor, unchecked_gluon_descriptor
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 try:  # Gluon's Hopper language (Triton 3.6 and later)
@@ -238,7 +238,7 @@ def _gluon_descriptors(tensors: tuple, rows: tuple):
         return None
     D = tensors[0].shape[3]
     dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[tensors[0].dtype]
-    return [GluonDescriptor(t, list(t.shape), st, [1, 1, n, D], shared_layout((1, 1, n, D), dtype))
+    return [unchecked_gluon_descriptor(t, list(t.shape), st, [1, 1, n, D], shared_layout((1, 1, n, D), dtype))
             for t, st, n in zip(tensors, strides, rows)]
 
 
@@ -316,8 +316,8 @@ def _dq_descriptor(dq_sum, block_m: int):
     if dq_sum is None:
         return None
     rows = dq_sum.view(-1, dq_sum.shape[3])
-    return GluonDescriptor(rows, list(rows.shape), list(rows.stride()), [block_m, 32],
-                           shared_layout((block_m, 32), "float32"))
+    return unchecked_gluon_descriptor(rows, list(rows.shape), list(rows.stride()), [block_m, 32],
+                                      shared_layout((block_m, 32), "float32"))
 
 
 def _row_descriptor(x, block_m: int):
@@ -328,7 +328,7 @@ def _row_descriptor(x, block_m: int):
     if rows != x.shape[2] or not x.is_contiguous() or x.data_ptr() % 16:
         x = torch.nn.functional.pad(x, (0, rows - x.shape[2]))
     flat = x.view(-1)
-    return GluonDescriptor(flat, [flat.numel()], [1], [block_m], shared_layout((block_m,), "float32")), rows
+    return unchecked_gluon_descriptor(flat, [flat.numel()], [1], [block_m], shared_layout((block_m,), "float32")), rows
 
 
 def _run_delta(out, do, delta):

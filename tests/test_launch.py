@@ -8,7 +8,8 @@ import torch
 
 from hf_sdpa.kernels import attention, launch, ops
 from hf_sdpa.kernels.config import DECODE_MIN_KEYS
-from hf_sdpa.kernels.launch import GluonDescriptor, Launcher, TensorDescriptor, launch_key, unchecked_descriptor
+from hf_sdpa.kernels.launch import (GluonDescriptor, Launcher, TensorDescriptor, launch_key, unchecked_descriptor,
+                                   unchecked_gluon_descriptor)
 from reference import assert_within, attention_ref, pattern_mask
 
 
@@ -42,7 +43,23 @@ def _samples():
                                                shared_layout(block, "bfloat16")))
         samples.append(GluonDescriptor(t.half(), list(t.shape), list(t.stride()), [1, 1, 16, 32],
                                        shared_layout((1, 1, 16, 32), "float16")))
+        samples.append(unchecked_gluon_descriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, 32],
+                                                  shared_layout((1, 1, 16, 32), "bfloat16")))
     return samples
+
+
+def test_unchecked_descriptors_equal_the_checked_ones():
+    """ops builds descriptors without their constructors' checks (it checks alignment and strides itself): every
+    field, the defaults included, as the constructor sets them."""
+    t = torch.randn(4096, dtype=torch.bfloat16).view(1, 4, 32, 32)
+    shape, strides, block = list(t.shape), list(t.stride()), [1, 1, 16, 32]
+    if TensorDescriptor is not None:
+        assert unchecked_descriptor(t, shape, strides, block) == TensorDescriptor(t, shape, strides, block)
+    if GluonDescriptor is not None:
+        from hf_sdpa.kernels.hopper_forward import shared_layout
+        layout = shared_layout(tuple(block), "bfloat16")
+        ours = unchecked_gluon_descriptor(t, shape, strides, block, layout)
+        assert ours == GluonDescriptor(t, shape, strides, block, layout)
 
 
 def test_equal_launch_keys_are_equal_specialisations():

@@ -340,8 +340,9 @@ def _run_delta(out, do, delta):
     _announce("attention_bwd_delta_kernel", BLOCK_M=block_m, warps=4)
 
 
-def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern) -> bool:
-    """Delta, then the Gluon dQ kernel, or False where a tensor's strides keep TMA from addressing it."""
+def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern, args) -> bool:
+    """Delta, then the Gluon dQ kernel, or False where a tensor's strides keep TMA from addressing it. args:
+    _pattern_args(p, q)."""
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     masked = p.kv_lo is not None or p.softcap is not None or p.documents is not None
@@ -351,8 +352,8 @@ def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern) -> bool:
     if descriptors is None:
         return False
     _run_delta(out, do, delta)
-    (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
-        _pattern_args(p, q)
+    (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), \
+        flags = args
     HOPPER_DQ(
         (cdiv(SQ, 2 * rows), B * H, 1), *descriptors, dq, lse, delta, kv_lo, kv_hi, holes, key_keep, documents,
         qk_scale, sm_scale, softcap, window, *dq.stride()[:3], s_keep, s_doc, H, H // HK, SQ, SKV,
@@ -363,9 +364,10 @@ def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern) -> bool:
     return True
 
 
-def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern, dq_sum=None):
-    """The Gluon dK/dV kernel, or False where a tensor's strides keep TMA from addressing it. dq_sum: a zeroed
-    (B, H, SQ, D) float32 buffer that it adds dQ to (Delta written before), or None (dQ by backward.py)."""
+def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, dq_sum=None):
+    """The Gluon dK/dV kernel, or False where a tensor's strides keep TMA from addressing it. args:
+    _pattern_args(p, q); dq_sum: a zeroed (B, H, SQ, D) float32 buffer that it adds dQ to (Delta written before),
+    or None (dQ by backward.py)."""
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     block_m, stages = HOPPER_BACKWARD_TILES[D]
@@ -374,8 +376,8 @@ def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p: Pattern, dq_sum=None):
     if descriptors is None:
         return False
     (lse_desc, row_len), (delta_desc, _) = _row_descriptor(lse, block_m), _row_descriptor(delta, block_m)
-    (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
-        _pattern_args(p, q)
+    (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), \
+        flags = args
     HOPPER_DKDV(
         (cdiv(SKV, keys_per_program(D)), B * HK, 1), *descriptors, _dq_descriptor(dq_sum, block_m) or descriptors[0],
         dk, dv, lse_desc, delta_desc, kv_lo, kv_hi, holes, key_keep, documents,
@@ -464,7 +466,8 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     fp32 = q.dtype == torch.float32
     delta = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)  # written by the dQ or Delta kernel
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
+    args = _pattern_args(p, q)
+    tensors, scalars, (s_keep, s_doc), flags = args
     heads_inner = dkdv_heads_inner(block_d, H // HK)
     common = _strides(q, k, v, do)
 
@@ -490,14 +493,14 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
              and hopper_backward_pays(D, SKV, p) and _is_hopper(q.device))
     gluon_dq = gluon and HOPPER_GLUON_DQ and D in HOPPER_DQ_TILES
     if (gluon and not gluon_dq and HOPPER_FUSED_DQ and D in HOPPER_FUSED_DQ_HEAD_SIZES and hopper_fused_dq_pays(SQ, p)
-            and _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p)):
+            and _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p, args)):
         return dq, dk, dv
     tma, gqa, reach = has_tma(q.device), H > HK, key_reach(SKV, block_d, p.window, p.longest_document)
-    if not (gluon_dq and _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p)):
+    if not (gluon_dq and _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p, args)):
         cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, reach, tma, gqa), q, k, flags,
                                                launch_dq), launch_dq, q, flags)
         _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)
-    if gluon and _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p):
+    if gluon and _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args):
         return dq, dk, dv
     cfg, used_tma = _fitting("dkdv", _choose("dkdv", dkdv_config(block_d, fp32, reach, tma, gqa), q, k, flags,
                                              launch_dkdv), launch_dkdv, q, flags)
@@ -505,13 +508,13 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     return dq, dk, dv
 
 
-def _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p: Pattern) -> bool:
+def _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p: Pattern, args) -> bool:
     """Delta, then the Gluon kernel writing dK, dV and dQ (summed in float32), or False where a tensor's strides
-    keep TMA from addressing it."""
+    keep TMA from addressing it. args: _pattern_args(p, q)."""
     B, H, SQ, D = q.shape
     _run_delta(out, do, delta)
     dq_sum = torch.zeros(B, H, SQ, D, dtype=torch.float32, device=q.device)
-    if not _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, p, dq_sum):
+    if not _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, dq_sum):
         return False
     torch.mul(dq_sum, p.scale, out=dq)
     return True

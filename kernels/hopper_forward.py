@@ -337,16 +337,15 @@ def attention_fwd_hopper_kernel(
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)
     bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn)
-    # Gluon takes a partition only as a literal (function, arguments) pair, its constexprs written out: a variable
-    # holding either, or a tuple of constexprs unpacked in the partition, fails to compile.
-    loading = (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUPS)
+    # Gluon takes a partition only as a literal (function, arguments) pair with its constexprs written out: a
+    # variable holding either fails to compile, and Triton 3.6 loses the constexprs of a tuple held in a variable.
     if GROUPS == 2:
         gl.warp_specialize([
             (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
                          HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 0)),
             (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
                          HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 1)),
-            (_loader, loading),
+            (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUPS)),
         ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
     else:
         gl.warp_specialize([
@@ -356,7 +355,7 @@ def attention_fwd_hopper_kernel(
                          HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 1)),
             (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
                          HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 2)),
-            (_loader, loading),
+            (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUPS)),
         ], [4, 4, 1], [THREE_GROUP_REGISTERS, THREE_GROUP_REGISTERS, LOADER_REGISTERS])
 
 

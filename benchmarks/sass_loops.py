@@ -111,6 +111,9 @@ def compile_hopper_dq(head_dim: int = 128, block_n: int = 64, stages: int = 2, c
 GLUON_ARGS = {"O": "*{dtype}", "DQ": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
               "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8", "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32",
               "sm_scale": "fp32", "softcap": "fp32"}
+# The mask tensors that ops passes as Q (never read) where the flag is off, as a launch types them
+UNUSED_WITHOUT = {"KvLo": "HAS_PADDING", "KvHi": "HAS_PADDING", "Holes": "HAS_HOLES", "KeyKeep": "HAS_HOLES",
+                  "DocStart": "HAS_DOC"}
 
 
 def _compile_gluon(kernel, rows: dict, head_dim: int, dtype: str, constexprs: dict):
@@ -137,7 +140,9 @@ def _compile_gluon(kernel, rows: dict, head_dim: int, dtype: str, constexprs: di
             block = (1, 1, rows[p.name], head_dim)
             signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
         else:
-            signature[p.name] = GLUON_ARGS.get(p.name, "i32").format(dtype=dtype)
+            unused = p.name in UNUSED_WITHOUT and not constexprs.get(UNUSED_WITHOUT[p.name], True)
+            signature[p.name] = "*{dtype}" if unused else GLUON_ARGS.get(p.name, "i32")
+            signature[p.name] = signature[p.name].format(dtype=dtype)
             if signature[p.name].startswith("*") or p.name.startswith("stride_"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource(kernel, signature, constexprs, attrs)

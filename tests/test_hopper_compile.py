@@ -26,10 +26,18 @@ def hopper_ptx(name: str) -> str:
     return compile_for_gpu(name, HAS_PADDING=True, HAS_WINDOW=True, SOFTCAP=SOFTCAP_HW_TANH.value).asm["ptx"]
 
 
-def gluon_loops(*args) -> dict:
+# A folder holding another Triton release (pip install --target), the one on the device image (.ci/run installs
+# Triton 3.6 there): the Gluon kernels must compile with both, and Gluon's front end differs between them.
+OTHER_TRITON = os.environ.get("HF_SDPA_OTHER_TRITON")
+
+
+def gluon_loops(*args, triton_path=None) -> dict:
     """benchmarks/sass_loops.py's JSON report for one Gluon kernel (its arguments), compiled in a subprocess without
-    the interpreter; skips where this Triton cannot assemble or disassemble for sm90."""
+    the interpreter (with the Triton in triton_path, if given); skips where this Triton cannot assemble or
+    disassemble for sm90."""
     env = dict(os.environ, TRITON_INTERPRET="0")
+    if triton_path:
+        env["PYTHONPATH"] = os.pathsep.join([triton_path] + [p for p in [env.get("PYTHONPATH")] if p])
     run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sass_loops.py"), *map(str, args), "--json"],
                          env=env, capture_output=True, text=True, timeout=600)
     if run.returncode != 0 and ("ptxas" in run.stderr.lower() or "nvdisasm" in run.stderr.lower()):
@@ -157,3 +165,23 @@ def test_gluon_backward_writing_dq_compiles_for_hopper(head_dim):
 
 if __name__ == "__main__":
     print(hopper_ptx(sys.argv[1]))
+
+
+@pytest.mark.skipif(not OTHER_TRITON, reason="HF_SDPA_OTHER_TRITON names no folder with the device's Triton")
+@pytest.mark.parametrize("kernel, options", [
+    ("hopper_forward", ("--head-dim", 128, "--block-n", 128, "--masks")),
+    ("hopper_forward", ("--head-dim", 64, "--block-n", 64, "--groups", 3)),
+    ("hopper_backward", ("--head-dim", 128, "--block-m", 64, "--masks")),
+    ("hopper_backward", ("--head-dim", 256, "--block-m", 64)),
+    ("hopper_dq", ("--head-dim", 256, "--block-n", 32, "--masks")),
+], ids=lambda x: x if isinstance(x, str) else "-".join(map(str, x)))
+def test_gluon_kernels_compile_with_the_device_triton(kernel, options):
+    """The Gluon kernels compile for sm90 with the other Triton release too (Triton 3.6 on the device image, 3.9
+    here): in session 18 a tuple of constexprs held in a variable compiled with 3.9 and failed every Gluon case on
+    the device's 3.6."""
+    code = "import triton, sys; sys.stdout.write(triton.__version__)"
+    version = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=OTHER_TRITON),
+                             capture_output=True, text=True).stdout
+    assert version and version != __import__("triton").__version__, version
+    report = gluon_loops(kernel, *options, "--stages", 2, triton_path=OTHER_TRITON)
+    assert any(lp["kinds"].get("HGMMA") for lp in report["loops"])

@@ -39,9 +39,9 @@ def variant(name, d):
     saved = ops.HOPPER_FORWARD, dict(ops.HOPPER_FORWARD_TILES), ops.HOPPER_FORWARD_MIN_KEYS
     ops.HOPPER_FORWARD = name.startswith("gluon")
     ops.HOPPER_FORWARD_MIN_KEYS = {}
-    if name.startswith("gluon_"):  # key block x stages, optionally x consumer groups
-        block_n, stages, *groups = map(int, name.removeprefix("gluon_").split("x"))
-        ops.HOPPER_FORWARD_TILES[d] = (block_n, stages, *(groups or [2]))
+    if name.startswith("gluon_"):
+        block_n, stages = map(int, name.removeprefix("gluon_").split("x"))
+        ops.HOPPER_FORWARD_TILES[d] = (block_n, stages)
     try:
         yield
     finally:

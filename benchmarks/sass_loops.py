@@ -68,14 +68,14 @@ def compile_for_gpu(name: str, num_warps: int = 4, num_stages: int = 3, capabili
 
 def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int = 2, causal: bool = True,
                            dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False,
-                           documents: bool = False, groups: int = 2):
+                           documents: bool = False):
     """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it."""
     from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel
 
     rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
     return _compile_gluon(attention_fwd_hopper_kernel, rows, head_dim, dtype,
                           dict(BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
-                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap, GROUPS=groups))
+                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap))
 
 
 def compile_hopper_backward(head_dim: int = 128, block_m: int = 64, stages: int = 2, causal: bool = True,
@@ -230,13 +230,12 @@ def main():
     parser.add_argument("--masks", action="store_true",
                         help="hopper_*: with padding ranges, a window, softcap and packed documents")
     parser.add_argument("--fused-dq", action="store_true", help="hopper_backward: the variant that also writes dQ")
-    parser.add_argument("--groups", type=int, default=2, help="hopper_forward: consumer warpgroups (2 or 3)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
-    if args.kernel == "hopper_forward":  # 64 rows in each consumer group, a loader warp
+    if args.kernel == "hopper_forward":  # 128 rows in two consumer groups, a loader warp
         compiled = compile_hopper_forward(args.head_dim, args.block_n, args.stages, causal=not args.full,
                                           padding=args.masks, window=args.masks, softcap=args.masks,
-                                          documents=args.masks, groups=args.groups)
+                                          documents=args.masks)
     elif args.kernel == "hopper_dq":  # 128 rows in two consumer groups, a loader warp
         compiled = compile_hopper_dq(args.head_dim, args.block_n, args.stages, causal=not args.full,
                                      padding=args.masks, window=args.masks, softcap=args.masks, documents=args.masks)

@@ -57,7 +57,7 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
     ds_layout: gl.constexpr = register_operand(HEAD_DIM)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
 
-    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, 2)
+    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     start_m += GROUP_ID * ROWS_PER_GROUP
     bh = gl.program_id(1)
     h = bh % H
@@ -145,5 +145,5 @@ def attention_bwd_dq_hopper_kernel(
                      HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
         (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
                      HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
-        (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, 2)),
+        (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])

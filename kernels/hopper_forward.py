@@ -29,10 +29,9 @@ from .tiles import LOG2E
 # The TMA load's name: async_copy_global_to_shared in Triton 3.6, async_load from 3.7 on (the old name raises there).
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
-ROWS_PER_GROUP = gl.constexpr(64)  # query rows per consumer warpgroup; a program takes two (or three)
+ROWS_PER_GROUP = gl.constexpr(64)  # query rows per consumer warpgroup; a program takes two
 LOADER_REGISTERS = gl.constexpr(24)
-CONSUMER_REGISTERS = gl.constexpr(240)  # per thread of each of two consumer groups
-THREE_GROUP_REGISTERS = gl.constexpr(160)  # of each of three: 3 x 128 x 160 + 32 x 24 of the SM's 65536
+CONSUMER_REGISTERS = gl.constexpr(240)
 
 
 @gluon.constexpr_function
@@ -70,17 +69,17 @@ def hardware_tanh(x):
 
 @gluon.jit
 def _key_range(shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
-               HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, GROUPS: gl.constexpr):
+               HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
     """The program's first query row, its batch, and the key blocks [n_begin, n_begin + n_blocks) that some row of
-    its GROUPS x 64 sees: the same in all partitions, which is what keeps their barriers in step."""
+    its 128 sees: the same in all three partitions, which is what keeps their barriers in step."""
     H, _, SQ, SKV = shape
     KvLo, KvHi, window, DocStart, stride_doc_b, _, _, _ = mask
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
-    start_m = (gl.num_programs(0) - 1 - gl.program_id(0)) * (GROUPS * ROWS_PER_GROUP)
+    start_m = (gl.num_programs(0) - 1 - gl.program_id(0)) * (2 * ROWS_PER_GROUP)
     b = gl.program_id(1) // H
     lo, hi = padding_range(KvLo, KvHi, b, SKV, HAS_PADDING)
     if CAUSAL:
-        hi = gl.minimum(hi, gl.minimum(start_m + GROUPS * ROWS_PER_GROUP, SQ) + SKV - SQ)
+        hi = gl.minimum(hi, gl.minimum(start_m + 2 * ROWS_PER_GROUP, SQ) + SKV - SQ)
     if HAS_WINDOW:
         lo = gl.maximum(lo, start_m + SKV - SQ - window + 1)
     if HAS_DOC:  # the first row's document starts where the program's keys can start
@@ -100,13 +99,12 @@ def padding_range(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
 
 @gluon.jit
 def _loader(io, shape, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, GROUPS: gl.constexpr):
-    """One warp: K and V blocks into their rings, a buffer refilled once every consumer group has released it."""
+            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
+    """One warp: K and V blocks into their rings, a buffer refilled once both consumers have released it."""
     _, k_desc, v_desc, _, _, _, _, _ = io
     H, GROUP, _, _ = shape
     _, k_ring, v_ring, _, k_ready, v_ready, k_empty, v_empty, _ = bufs
-    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,
-                                               GROUPS)
+    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     hk = (gl.program_id(1) % H) // GROUP
     for i in range(n_blocks):  # the i-th block goes to stage i % STAGES, its (i // STAGES)-th use
         stage = i % STAGES
@@ -202,9 +200,9 @@ qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constex
 @gluon.jit
 def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
               CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr,
-              HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUPS: gl.constexpr, GROUP_ID: gl.constexpr):
+              HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
     """One warpgroup: 64 query rows against the program's key blocks, its matmuls issued in turns with the other
-    groups' (the turn passes round the groups in order)."""
+    group's."""
     q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
     H, _, SQ, SKV = shape
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
@@ -215,10 +213,9 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     my_turn = turn.index(GROUP_ID)
-    their_turn = turn.index((GROUP_ID + 1) % GROUPS)
+    their_turn = turn.index(1 - GROUP_ID)
 
-    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,
-                                               GROUPS)
+    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
     start_m += GROUP_ID * ROWS_PER_GROUP
     bh = gl.program_id(1)
     h = bh % H
@@ -307,29 +304,27 @@ def attention_fwd_hopper_kernel(
         H, GROUP, SQ, SKV,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
-        SOFTCAP: gl.constexpr, GROUPS: gl.constexpr):
-    """Launched with num_warps=4 (the first consumer group); the other GROUPS - 1 groups (one or two: 128 or 192
-    rows a program) and the loader are added warps. q_desc
+        SOFTCAP: gl.constexpr):
+    """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); Holes (B,)
     int8 whether batch row b's kept keys have gaps and KeyKeep (B, SKV) int8 rows stride_keep_b apart the mask itself
     (read with HAS_HOLES); window the sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows
     stride_doc_b apart, each row's packed document start (with HAS_DOC); qk_scale the scale times log2(e),
-    sm_scale the scale, softcap the cap (read with SOFTCAP); grid (cdiv(SQ, GROUPS * 64), B * H)."""
+    sm_scale the scale, softcap the cap (read with SOFTCAP); grid (cdiv(SQ, 128), B * H)."""
     # A group reads block j's K and block j - 1's V at once: with one stage the loads and the matmuls would take
     # turns.
     gl.static_assert(STAGES >= 2, "the K and V rings need at least two stages")
-    gl.static_assert((GROUPS == 2) | (GROUPS == 3), "two or three consumer groups")
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [GROUPS] + q_desc.block_type.shape, q_desc.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    q_ready = barriers(GROUPS, 1)
-    turn = barriers(GROUPS, 1)
+    q_ready = barriers(2, 1)
+    turn = barriers(2, 1)
     k_ready = barriers(STAGES, 1)
     v_ready = barriers(STAGES, 1)
-    k_empty = barriers(STAGES, GROUPS)  # every consumer group releases a buffer
-    v_empty = barriers(STAGES, GROUPS)
+    k_empty = barriers(STAGES, 2)  # both consumer groups release a buffer
+    v_empty = barriers(STAGES, 2)
     mbarrier.arrive(turn.index(0), count=1)  # group 0 issues first
 
     io = (q_desc, k_desc, v_desc, O, Lse, stride_ob, stride_oh, stride_om)
@@ -337,26 +332,13 @@ def attention_fwd_hopper_kernel(
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)
     bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn)
-    # Gluon takes a partition only as a literal (function, arguments) pair with its constexprs written out: a
-    # variable holding either fails to compile, and Triton 3.6 loses the constexprs of a tuple held in a variable.
-    if GROUPS == 2:
-        gl.warp_specialize([
-            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                         HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 0)),
-            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                         HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 1)),
-            (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUPS)),
-        ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
-    else:
-        gl.warp_specialize([
-            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                         HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 0)),
-            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                         HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 1)),
-            (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                         HAS_HOLES, HAS_DOC, SOFTCAP, GROUPS, 2)),
-            (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUPS)),
-        ], [4, 4, 1], [THREE_GROUP_REGISTERS, THREE_GROUP_REGISTERS, LOADER_REGISTERS])
+    gl.warp_specialize([
+        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                     HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
+        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                     HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
+        (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+    ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 
 @functools.lru_cache(maxsize=None)

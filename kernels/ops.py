@@ -209,7 +209,7 @@ def _on_tensor_device(run):
 # key length from which it pays per head size; below, forward.py's lighter programs win (head size 128: 6% at 1024
 # keys, 7-14% at 512; head size 256 wins at 512 too).
 HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "1") == "1"
-HOPPER_FORWARD_TILES = {128: (128, 2, 2), 256: (64, 2, 2)}  # key block, ring stages, consumer groups
+HOPPER_FORWARD_TILES = {128: (128, 2), 256: (64, 2)}
 HOPPER_FORWARD_MIN_KEYS = {128: 2048}
 
 
@@ -246,20 +246,20 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     """The Gluon forward, or False where a tensor's strides keep TMA from addressing it."""
     B, H, SQ, D = q.shape
     SKV = k.shape[2]
-    block_n, stages, groups = HOPPER_FORWARD_TILES[D]
+    block_n, stages = HOPPER_FORWARD_TILES[D]
     descriptors = _gluon_descriptors((q, k, v), (ROWS_PER_GROUP.value, block_n, block_n))
     if descriptors is None:
         return False
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
     HOPPER_FWD(
-        (cdiv(SQ, groups * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep,
+        (cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep,
         documents, qk_scale, sm_scale, softcap, window, *out.stride()[:3], s_keep, s_doc, H, H // k.shape[1], SQ, SKV,
         HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
         HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
-        SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, GROUPS=groups, num_warps=4)
-    _announce("attention_fwd_hopper_kernel", BLOCK_M=groups * ROWS_PER_GROUP.value, BLOCK_N=block_n,
-              warps=4 * groups + 1, stages=stages, TMA=True)
+        SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
+    _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
+              stages=stages, TMA=True)
     return True
 
 
@@ -287,7 +287,8 @@ HOPPER_FUSED_DQ_HEAD_SIZES = (64, 128)  # above, the kernel's two groups split d
 # Measured on an H200 (benchmarks/NOTES.md entry 19): at head size 128 its dQ pass 22-26% faster than backward.py's,
 # the backward 3-14% faster, level with or faster than the fused dQ at 8k-16k; at head size 64 slower at 2k (0.47
 # against 0.41 ms) and level at 8k, so there backward.py's dQ kernel and, from 8k queries, the fused one stay. At
-# head size 256 with 32-key blocks (64 would need 256 KB of shared memory): its dQ pass 7-12% faster (entry 20).
+# head size 256 with 32-key blocks (64 would need 256 KB of shared memory): the backward up to 5% faster with
+# padding, softcap or full attention at 8k, within 3% either way elsewhere (entry 20).
 HOPPER_GLUON_DQ = os.environ.get("HF_SDPA_HOPPER_DQ", "1") == "1"
 HOPPER_DQ_TILES = {128: (128, 2), 256: (32, 2)}
 # With padding, softcap or documents, where HOPPER_DQ_TILES' blocks spill (sass_loops.py: 15-108 LDL per loop at

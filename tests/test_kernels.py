@@ -418,28 +418,6 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
     assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (128, 128, 2, True)
 
 
-def test_the_gluon_forward_with_three_groups_launches_192_row_programs(monkeypatch):
-    """Three consumer groups (head size 64): a program takes 192 rows, so the grid has cdiv(SQ, 192) of them, and
-    the trace counts 13 warps."""
-    if ops.HOPPER_FWD is None:
-        pytest.skip("this Triton has no Gluon Hopper language")
-    calls = stub_launches(monkeypatch, ops.HOPPER_FWD)
-    monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
-    monkeypatch.setattr(ops, "HOPPER_FORWARD_TILES", {64: THREE_GROUP_TILES})
-    monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})
-    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
-    traced = []
-    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: traced.append(info)])
-    q = torch.randn(2, 4, 400, 64, dtype=torch.float16)
-    k, v = (torch.randn(2, 2, 400, 64, dtype=torch.float16) for _ in range(2))
-    ops.run_forward(q, k, v, dense_pattern())
-    (grid, warps, args), = calls
-    assert grid == (3, 8, 1) and warps == 4
-    assert (args["GROUPS"], args["BLOCK_N"], args["STAGES"]) == (3, 64, 2)
-    assert [args[name].block_shape for name in ("q_desc", "k_desc")] == [[1, 1, 64, 64], [1, 1, 64, 64]]
-    assert traced == [dict(BLOCK_M=192, BLOCK_N=64, warps=13, stages=2, TMA=True)]
-
-
 @pytest.mark.parametrize("head_dim, keys", [(64, 128), (256, 64)])
 def test_the_gluon_backward_launch_binds_every_kernel_parameter(head_dim, keys, monkeypatch):
     """As above for the Gluon dK/dV kernel, after the dQ kernel (run through the interpreter) has written Delta:
@@ -563,31 +541,16 @@ HOPPER_CASES = [
     (2, 4, 2, 400, 400, 128, dict(softcap=5.0, scale=0.3)),
     (2, 4, 2, 700, 700, 128, dict(causal=True, packed=True)),      # TRL's padding-free packing
 ]
-# Head size 64, where the Gluon forward runs three consumer groups (192 rows a program) with 64-key blocks
-HOPPER_D64_CASES = [
-    (2, 8, 2, 1000, 1000, 64, dict(causal=True)),
-    (1, 4, 1, 300, 300, 64, dict()),
-    (3, 4, 2, 600, 600, 64, dict(causal=True, padding="holes")),
-    (3, 8, 4, 600, 600, 64, dict(causal=True, softcap=30.0, window=200, padding="left")),
-    (2, 4, 2, 200, 777, 64, dict(causal=True, scale=-0.2)),
-    (1, 4, 4, 2048, 2048, 64, dict(causal=True, transposed=True)),
-]
-THREE_GROUP_TILES = (64, 2, 3)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", HOPPER_CASES + HOPPER_D64_CASES,
-                         ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
+@pytest.mark.parametrize("case", HOPPER_CASES, ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
 def test_gpu_gluon_forward(case, dtype, monkeypatch):
-    """The Gluon forward (switched on; three consumer groups at head size 64) against the float64 reference, its O
-    and LSE feeding our backward (a negative scale goes to forward.py)."""
+    """The Gluon forward (switched on) against the float64 reference, its O and LSE feeding our backward."""
     if ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
-    if case[6].get("scale", 1) < 0:
-        pytest.skip("a negative scale is forward.py's")
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
-    monkeypatch.setattr(ops, "HOPPER_FORWARD_TILES", {**ops.HOPPER_FORWARD_TILES, 64: THREE_GROUP_TILES})
     monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})  # the kernel at every key length
     ran = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
@@ -598,7 +561,14 @@ def test_gpu_gluon_forward(case, dtype, monkeypatch):
 
 # The Gluon dK/dV kernel's head sizes: the forward's cases (at 256 its groups split the gradients), a few at 64, and
 # scales the forward leaves to forward.py
-HOPPER_BACKWARD_CASES = HOPPER_CASES + HOPPER_D64_CASES
+HOPPER_BACKWARD_CASES = HOPPER_CASES + [
+    (2, 8, 2, 1000, 1000, 64, dict(causal=True)),
+    (1, 4, 1, 300, 300, 64, dict()),
+    (3, 4, 2, 600, 600, 64, dict(causal=True, padding="holes")),
+    (3, 8, 4, 600, 600, 64, dict(causal=True, softcap=30.0, window=200, padding="left")),
+    (2, 4, 2, 200, 777, 64, dict(causal=True, scale=-0.2)),
+    (1, 4, 4, 2048, 2048, 64, dict(causal=True, transposed=True)),
+]
 
 
 # How the Gluon backward gets dQ: backward.py's dQ kernel, the Gluon dQ kernel (hopper_dq.py), or the dK/dV kernel

@@ -7,20 +7,10 @@ alternating round by round in one process.
 Only our Python and torch's autograd run (no GPU, no Triton launcher), so the difference is the descriptors'
 construction; the device's host runs the same Python (benchmarks/NOTES.md entry 19).
 """
-import argparse
-import statistics
-import time
-
 import torch
 
 from hf_sdpa.kernels import attention, launch, ops
-
-
-def stub_launches():
-    """Every launcher a no-op, and the GPU checks answering as on Hopper, so ops takes its Gluon paths."""
-    for name in ("FORWARD", "DQ", "DKDV", "DELTA", "HOPPER_FWD", "HOPPER_DKDV", "HOPPER_DQ"):
-        setattr(ops, name, lambda grid, *args, **kwargs: None)
-    ops._is_hopper = ops.has_tma = lambda device: True
+from host_ab import arguments, interleaved, report, stub_launches
 
 
 def training_call(b=1, h=32, hk=8, s=2048, d=128):
@@ -31,26 +21,14 @@ def training_call(b=1, h=32, hk=8, s=2048, d=128):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--calls", type=int, default=300)
-    a = p.parse_args()
+    a = arguments(rounds=8, calls=300)
     stub_launches()
     call = training_call()
-    variants = {"checked": launch.GluonDescriptor, "unchecked": launch.unchecked_gluon_descriptor}
-    times = {name: [] for name in variants}
-    for _ in range(a.rounds):
-        for name, build in variants.items():
-            ops.unchecked_gluon_descriptor = build
-            for _ in range(30):
-                call()
-            start = time.perf_counter()
-            for _ in range(a.calls):
-                call()
-            times[name].append((time.perf_counter() - start) / a.calls * 1e6)
-    for name, values in times.items():
-        print(f"{name}: median {statistics.median(values):.1f} us per training call, rounds "
-              + " ".join(f"{v:.0f}" for v in values))
+    builds = {"checked": launch.GluonDescriptor, "unchecked": launch.unchecked_gluon_descriptor}
+
+    def before(name):
+        ops.unchecked_gluon_descriptor = builds[name]
+    report("training call, ", interleaved({name: call for name in builds}, a.rounds, a.calls, before))
 
 
 if __name__ == "__main__":

@@ -202,7 +202,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     if scale < 0:  # the forward takes the row max of unscaled scores, so the sign goes into q (autograd flips dQ)
         q, scale = -q, -scale
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if key_padding_mask is not None:
         kv_lo, kv_hi, holes, key_keep = _padding_pattern(key_padding_mask)
     else:

@@ -84,7 +84,9 @@ def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
 
 def _pattern_args(p: Pattern, q: torch.Tensor):
     """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes."""
-    tensors = tuple(q if t is None else t for t in (p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.documents))
+    kv_lo, kv_hi, holes, key_keep, documents = p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.documents
+    tensors = (q if kv_lo is None else kv_lo, q if kv_hi is None else kv_hi, q if holes is None else holes,
+               q if key_keep is None else key_keep, q if documents is None else documents)  # written out: a generator costs 2 us a call
     scalars = (p.scale * LOG2E.value, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
     fp32_exact = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     flags = dict(CAUSAL=p.causal, HAS_PADDING=p.kv_lo is not None, HAS_WINDOW=p.window is not None,
@@ -426,37 +428,70 @@ def run_forward(q, k, v, p: Pattern):
 DECODE_FLAGS = ("CAUSAL", "HAS_PADDING", "HAS_WINDOW", "HAS_HOLES", "SOFTCAP", "DOT_PRECISION")
 
 
+class DecodePlan(NamedTuple):
+    """What a decode launch takes from its case: the configuration (the one that fits this GPU, see _fitting), the
+    multiprocessors that the cache's chunks are spread over, and the kernel's constexprs and options (TMA aside)."""
+    cfg: LaunchConfig
+    multiprocessors: int
+    kwargs: dict
+
+
+# (device, dtype, head size, GQA group x q_len, flags) -> DecodePlan. A generate() step calls decode in every layer
+# with the same case, and an eager decode step is bound by host time (benchmarks/NOTES.md entry 21). The cache
+# length is not in the key: it grows by a token a step, and the chunks are cheap to work out per call.
+_DECODE_PLANS = {}
+
+
+def _decode_plan(cfg: LaunchConfig, q, flags: dict) -> DecodePlan:
+    D = q.shape[3]
+    kwargs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  **{name: flags[name] for name in DECODE_FLAGS}, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                  **FUSED)
+    return DecodePlan(cfg, 16 if interpreting() else _multiprocessors(q.device), kwargs)
+
+
+def _launch_decode(plan: DecodePlan, q, k, v, out, args) -> tuple:
+    """The decode kernel with the cache cut into about two chunks per multiprocessor (decode_splits) and fresh
+    scratch buffers; returns the chunks per (batch, kv head) and whether K and V went by TMA. args:
+    _pattern_args(p, q)."""
+    (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), _ = args
+    B, H, SQ, _ = q.shape
+    HK, SKV = k.shape[1], k.shape[2]
+    cfg = plan.cfg
+    splits = decode_splits(B * HK, SKV, cfg.block_n, plan.multiprocessors)
+    chunk = cdiv(cdiv(SKV, splits), cfg.block_n) * cfg.block_n
+    splits = cdiv(SKV, chunk)
+    o_part = torch.empty(B * HK, splits, cfg.block_m, plan.kwargs["BLOCK_D"], dtype=torch.float32, device=q.device)
+    lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
+    arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
+    k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, plan.kwargs["BLOCK_D"])
+    DECODE((splits, B * HK, 1), q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep,
+           qk_scale, sm_scale, softcap, window, chunk, *_strides(q, k, v, out), s_keep, HK, H // HK, SQ, SKV, TMA=tma,
+           **plan.kwargs)
+    return splits, tma
+
+
 @_on_tensor_device
 def run_decode(q, k, v, p: Pattern):
     """Split-KV forward for few queries against a long cache (no dropout, no packing, no gradient)."""
     B, H, SQ, D = q.shape
-    HK, SKV = k.shape[1], k.shape[2]
-    group = H // HK
-    block_d = head_block(D)
-    sms = 16 if interpreting() else _multiprocessors(q.device)
+    rows = H // k.shape[1] * SQ  # the packed GQA group's query rows
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
-    (kv_lo, kv_hi, holes, key_keep, _), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, _), flags = \
-        _pattern_args(p, q)
+    args = _pattern_args(p, q)
+    flags = args[3]
+    key = (q.device, q.dtype, D, rows, *(flags[name] for name in DECODE_FLAGS))
+    plan = _DECODE_PLANS.get(key)
+    if plan is None:
+        def launch(cfg):
+            plan = _decode_plan(cfg, q, flags)
+            return plan, _launch_decode(plan, q, k, v, out, args)
 
-    def launch(cfg):
-        splits = decode_splits(B * HK, SKV, cfg.block_n, sms)
-        chunk = cdiv(cdiv(SKV, splits), cfg.block_n) * cfg.block_n
-        splits = cdiv(SKV, chunk)
-        o_part = torch.empty(B * HK, splits, cfg.block_m, block_d, dtype=torch.float32, device=q.device)
-        lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
-        arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
-        k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
-        DECODE(
-            (splits, B * HK, 1), q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep,
-            qk_scale, sm_scale, softcap, window, chunk, *_strides(q, k, v, out), s_keep, HK, group, SQ, SKV,
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            **{name: flags[name] for name in DECODE_FLAGS}, TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            **FUSED)
-        return splits, tma
-
-    cfg, (splits, tma) = _fitting("decode", decode_config(block_d, q.dtype == torch.float32, group * SQ), launch, q,
-                                  flags, keep_block_m=True)
-    _announce("attention_decode_kernel", cfg, splits=splits, TMA=tma)
+        _, (plan, (splits, tma)) = _fitting("decode", decode_config(head_block(D), q.dtype == torch.float32, rows),
+                                            launch, q, flags, keep_block_m=True)
+        _DECODE_PLANS[key] = plan
+    else:
+        splits, tma = _launch_decode(plan, q, k, v, out, args)
+    _announce("attention_decode_kernel", plan.cfg, splits=splits, TMA=tma)
     return out
 
 

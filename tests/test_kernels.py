@@ -657,6 +657,35 @@ def test_decode_path_is_chosen_for_a_long_cache_without_gradients():
         ops.LAUNCH_HOOKS.clear()
 
 
+def test_decode_plans_its_launch_once_per_case_and_takes_the_rest_from_each_call(monkeypatch):
+    """A generate() step calls decode once per layer with the same shapes: the launch's configuration is planned
+    once per case, while scale, softcap, padding, the cache's length and the tensors come from each call (every
+    call against the reference), and another flag or GQA group gets its own plan."""
+    monkeypatch.setattr(ops, "_DECODE_PLANS", {})
+    planned = []
+    plan = ops._decode_plan
+    monkeypatch.setattr(ops, "_decode_plan", lambda *args: planned.append(1) or plan(*args))
+    b, h, hk, skv, d = 2, 4, 2, 150, 32
+    for scale, softcap, padding in [(None, None, None), (0.3, None, "left"), (0.2, 7.0, "holes"), (0.5, None, None)]:
+        q = torch.randn(b, h, 1, d, device=DEVICE, dtype=torch.float16)
+        k, v = (torch.randn(b, hk, skv, d, device=DEVICE, dtype=torch.float16) for _ in range(2))
+        pad = make_padding(padding, b, skv, DEVICE)
+        out = attention(q, k, v, causal=True, scale=scale, softcap=softcap, key_padding_mask=pad, split_kv=True)
+        keep = pattern_mask(b, 1, skv, causal=True, padding=pad, device=DEVICE)
+        ref = attention_ref(q, k, v, keep, softcap=softcap, scale=scale)
+        assert_within("out", out, ref, attention_ref(q, k, v, keep, softcap=softcap, scale=scale, dtype=q.dtype),
+                      q.dtype)
+    # one plan without a mask, one with padding (its flags differ), one with softcap and holes; the last call reuses
+    assert len(planned) == 3 and len(ops._DECODE_PLANS) == 3
+    out = attention(q, k[:, :, :100], v[:, :, :100], causal=True, split_kv=True)  # a shorter cache: the same plan
+    keep = pattern_mask(b, 1, 100, causal=True, device=DEVICE)
+    ref = attention_ref(q, k[:, :, :100], v[:, :, :100], keep)
+    assert_within("out", out, ref, attention_ref(q, k[:, :, :100], v[:, :, :100], keep, dtype=q.dtype), q.dtype)
+    assert len(planned) == 3
+    attention(q, k[:, :1], v[:, :1], causal=True, split_kv=True)  # MQA: four query rows a program
+    assert len(planned) == 4
+
+
 def test_a_padding_mask_is_converted_once_per_tensor_and_again_after_an_in_place_change(monkeypatch):
     """Layers share one mask tensor: the key ranges are computed once, and recomputed when the mask changes."""
     api = importlib.import_module("hf_sdpa.kernels.attention")  # the module, not the function of that name
@@ -693,6 +722,7 @@ def force_tma(monkeypatch):
     for name in ("forward_config", "dkdv_config", "dq_config", "decode_config"):
         table = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *args, table=table: replace(table(*args), tma=True))
+    monkeypatch.setattr(ops, "_DECODE_PLANS", {})  # planned decode launches took the table's configuration
     used = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: "TMA" in info and used.append(info["TMA"])])
     return used

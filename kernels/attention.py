@@ -23,7 +23,8 @@ def _refuse(why: str, what_next: str = ""):
 def check_inputs(q, k, v, *, causal=False, key_padding_mask=None, position_ids=None, cu_seqlens=None,
                  window=None, softcap=None, dropout_p=0.0):
     """Raises AttentionRefused with the reason and a way forward if the kernel cannot take this input."""
-    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+    tensors = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+    if not tensors or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:  # no generator: every call passes here
         _refuse("query, key and value must be 4-D tensors (batch, heads, seq, head_dim).")
     if not (q.device == k.device == v.device):
         _refuse(f"query, key and value are on different devices ({q.device}, {k.device}, {v.device}).",

@@ -48,6 +48,7 @@ def main():
                     max(16, 1 << (rows - 1).bit_length()), n, w, s, tma=t)
                 ops.decode_splits = lambda programs, kv_len, bn, sms, f=per_sm: max(
                     1, min(max(1, kv_len // (4 * bn)), -(-f * sms // programs)))
+                ops._DECODE_PLANS.clear()  # each candidate planned anew (ops keeps a plan per case)
                 try:
                     ms = graph_ms(lambda: attention(q, k, v, causal=True))
                     row["configs"].append(dict(block_n=block_n, warps=warps, stages=stages, per_sm=per_sm,
@@ -57,6 +58,7 @@ def main():
                                                tma=desc, error=type(exc).__name__))
                 finally:
                     ops.decode_config, ops.decode_splits = original_config, original_splits
+                    ops._DECODE_PLANS.clear()
             best = max((c for c in row["configs"] if "gbs" in c), key=lambda c: c["gbs"])
             print(json.dumps(dict(batch=b, kv_len=kv, copy_gbs=row["copy_gbs"], current_gbs=row["current_gbs"],
                                   best=best)), flush=True)

@@ -85,8 +85,9 @@ def _softcap_mode(p: Pattern, q: torch.Tensor) -> int:
 def _pattern_args(p: Pattern, q: torch.Tensor):
     """Tensor arguments (unused ones point at q and are never read), scalars and flags shared by all passes."""
     kv_lo, kv_hi, holes, key_keep, documents = p.kv_lo, p.kv_hi, p.holes, p.key_keep, p.documents
+    # written out: a generator costs 2 us a call
     tensors = (q if kv_lo is None else kv_lo, q if kv_hi is None else kv_hi, q if holes is None else holes,
-               q if key_keep is None else key_keep, q if documents is None else documents)  # written out: a generator costs 2 us a call
+               q if key_keep is None else key_keep, q if documents is None else documents)
     scalars = (p.scale * LOG2E.value, p.scale, p.softcap or 1.0, p.window or 0, p.dropout_p, p.seed)
     fp32_exact = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     flags = dict(CAUSAL=p.causal, HAS_PADDING=p.kv_lo is not None, HAS_WINDOW=p.window is not None,

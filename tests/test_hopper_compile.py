@@ -161,10 +161,6 @@ def test_gluon_backward_writing_dq_compiles_for_hopper(head_dim):
     assert any(lp["kinds"].get("UTMAREDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 
-if __name__ == "__main__":
-    print(hopper_ptx(sys.argv[1]))
-
-
 @pytest.mark.skipif(not OTHER_TRITON, reason="HF_SDPA_OTHER_TRITON names no folder with the device's Triton")
 @pytest.mark.parametrize("kernel, options", [
     ("hopper_forward", ("--head-dim", 128, "--block-n", 128, "--masks")),
@@ -183,3 +179,7 @@ def test_gluon_kernels_compile_with_the_device_triton(kernel, options):
     assert version and version != __import__("triton").__version__, version
     report = gluon_loops(kernel, *options, "--stages", 2, triton_path=OTHER_TRITON)
     assert any(lp["kinds"].get("HGMMA") for lp in report["loops"])
+
+
+if __name__ == "__main__":
+    print(hopper_ptx(sys.argv[1]))

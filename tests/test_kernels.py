@@ -682,7 +682,7 @@ def test_decode_plans_its_launch_once_per_case_and_takes_the_rest_from_each_call
     ref = attention_ref(q, k[:, :, :100], v[:, :, :100], keep)
     assert_within("out", out, ref, attention_ref(q, k[:, :, :100], v[:, :, :100], keep, dtype=q.dtype), q.dtype)
     assert len(planned) == 3
-    attention(q, k[:, :1], v[:, :1], causal=True, split_kv=True)  # MQA: four query rows a program
+    attention(q, k[:, :1], v[:, :1], causal=True, split_kv=True)  # MQA: a group of four query heads, a new case
     assert len(planned) == 4
 
 

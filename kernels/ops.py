@@ -1,6 +1,7 @@
 """Launchers for the Triton kernels: arguments, launch configuration, scratch buffers (library.py wraps them for
 autograd and torch.compile)."""
 import functools
+import operator
 import os
 from typing import NamedTuple, Optional
 
@@ -427,6 +428,7 @@ def run_forward(q, k, v, p: Pattern):
 
 
 DECODE_FLAGS = ("CAUSAL", "HAS_PADDING", "HAS_WINDOW", "HAS_HOLES", "SOFTCAP", "DOT_PRECISION")
+_decode_flags = operator.itemgetter(*DECODE_FLAGS)  # their values from _pattern_args' flags, in that order
 
 
 class DecodePlan(NamedTuple):
@@ -443,11 +445,10 @@ class DecodePlan(NamedTuple):
 _DECODE_PLANS = {}
 
 
-def _decode_plan(cfg: LaunchConfig, q, flags: dict) -> DecodePlan:
+def _decode_plan(cfg: LaunchConfig, q, flag_values: tuple) -> DecodePlan:
     D = q.shape[3]
     kwargs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  **{name: flags[name] for name in DECODE_FLAGS}, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                  **FUSED)
+                  **dict(zip(DECODE_FLAGS, flag_values)), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
     return DecodePlan(cfg, 16 if interpreting() else _multiprocessors(q.device), kwargs)
 
 
@@ -479,16 +480,16 @@ def run_decode(q, k, v, p: Pattern):
     rows = H // k.shape[1] * SQ  # the packed GQA group's query rows
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     args = _pattern_args(p, q)
-    flags = args[3]
-    key = (q.device, q.dtype, D, rows, *(flags[name] for name in DECODE_FLAGS))
+    flag_values = _decode_flags(args[3])
+    key = (q.device, q.dtype, D, rows, flag_values)
     plan = _DECODE_PLANS.get(key)
     if plan is None:
         def launch(cfg):
-            plan = _decode_plan(cfg, q, flags)
+            plan = _decode_plan(cfg, q, flag_values)
             return plan, _launch_decode(plan, q, k, v, out, args)
 
         _, (plan, (splits, tma)) = _fitting("decode", decode_config(head_block(D), q.dtype == torch.float32, rows),
-                                            launch, q, flags, keep_block_m=True)
+                                            launch, q, args[3], keep_block_m=True)
         _DECODE_PLANS[key] = plan
     else:
         splits, tma = _launch_decode(plan, q, k, v, out, args)

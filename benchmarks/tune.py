@@ -5,16 +5,17 @@
 Per case, the candidates of kernels/config.py (the table's choice first, with and without TMA on Hopper): the forward
 configurations timed on the forward alone, then the dK/dV configurations (with the current dQ one) and the dQ
 configurations (with the best dK/dV one) timed on forward+backward (--passes forward: the forward only; --passes
-table: the table's configurations alone, to compare cases rather than configurations; --heads-inner on/off forces how
-the dK/dV pass walks a GQA group's heads, config.dkdv_heads_inner). Medians of triton.testing.do_bench over --rounds
-rounds, the candidates in another order each round; a configuration that does not compile or run is recorded with its
-error; max_diff is each forward variant's largest difference from the table's output. A case name may add a batch
-size (b2; else 16k tokens per batch), a mask (pad: left-padded rows of s, 3/4 s, s/2 and 3/10 s tokens, taking turns;
-w1024: a sliding window of 1024 keys; cap50: logit softcap 50; doc1024: packed documents of 1024 tokens, the
-positions restarting every 1024; masked cases time no torch backend, since sdpa_fa2 refuses them and sdpa_cudnn takes
-them as a dense bias) and a layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors, as a
-Transformers model's projections do (rows H * D apart), and bshdcopy does the same but gives the backward contiguous
-copies of Q and dO (the copies' time counted), to tell whether that layout costs the dK/dV pass.
+table: the table's configurations alone, to compare cases rather than configurations; --configs: these candidates
+instead of kernels/config.py's; --heads-inner on/off forces how the dK/dV pass walks a GQA group's heads,
+config.dkdv_heads_inner). Medians of triton.testing.do_bench over --rounds rounds, the candidates in another order
+each round; a configuration that does not compile or run is recorded with its error; max_diff is each forward
+variant's largest difference from the table's output. A case name may add a batch size (b2; else 16k tokens per
+batch), a mask (pad: left-padded rows of s, 3/4 s, s/2 and 3/10 s tokens, taking turns; w1024: a sliding window of
+1024 keys; cap50: logit softcap 50; doc1024: packed documents of 1024 tokens, the positions restarting every 1024;
+masked cases time no torch backend, since sdpa_fa2 refuses them and sdpa_cudnn takes them as a dense bias) and a
+layout: bshd hands the kernels (B, H, S, D) views of (B, S, H, D) tensors, as a Transformers model's projections do
+(rows H * D apart), and bshdcopy does the same but gives the backward contiguous copies of Q and dO (the copies' time
+counted), to tell whether that layout costs the dK/dV pass.
 Timing only: a configuration adopted in kernels/config.py must then pass the GPU test suite. Writes tune.json and
 tune.md.
 """
@@ -174,7 +175,18 @@ def loop_keys(case):
     return key_reach(case["s"], case["d"], case["window"], case["documents"])
 
 
-def tune_case(case, passes, rounds):
+def parse_configs(text):
+    """--configs: comma-separated BMxBNxWARPSxSTAGES, then t for TMA and :R for a cap of R registers per thread
+    (64x128x4x2t:168)."""
+    configs = []
+    for item in text.split(","):
+        shape, _, registers = item.partition(":")
+        configs.append(LaunchConfig(*map(int, shape.rstrip("t").split("x")), tma=shape.endswith("t"),
+                                    max_registers=int(registers) if registers else None))
+    return configs
+
+
+def tune_case(case, passes, rounds, configs=None):
     fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
     causal = case["causal"]
     result = dict(case)
@@ -187,9 +199,13 @@ def tune_case(case, passes, rounds):
             result[f"{name}_fwd_ms"] = time_ms(ref)
         result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: ref().backward(dout), (q, k, v))
     d, s, tma = case["d"], loop_keys(case), ops.has_tma(q.device)
-    others = (lambda pass_name: []) if passes == "table" else (lambda pass_name: candidates(pass_name, d, False, tma))
-    result["forward"] = sweep("forward_config", ops.forward_config(d, False, s, tma), others("forward"), fwd, (),
-                              rounds)
+
+    def others(pass_name):
+        if passes == "table":
+            return []
+        return configs or candidates(pass_name, d, False, tma)
+    table = ops.forward_config(d, False, s, tma, causal)
+    result["forward"] = sweep("forward_config", table, others("forward"), fwd, (), rounds)
     if passes == "forward":
         return result
     grads = (q, k, v)
@@ -232,13 +248,16 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="timing rounds per candidate, in changing orders")
     p.add_argument("--heads-inner", choices=("table", "on", "off"), default="table",
                    help="how the dK/dV pass walks a GQA group's heads: as config.dkdv_heads_inner says, or forced")
+    p.add_argument("--configs", default=None, type=parse_configs,
+                   help="the candidates of every pass swept instead of config.CANDIDATES: BMxBNxWARPSxSTAGES[t][:R], "
+                        "comma-separated, t for TMA, R a cap on registers (e.g. 64x64x4x3t,64x128x4x2t:168)")
     a = p.parse_args()
     if a.heads_inner != "table":
         ops.dkdv_heads_inner = lambda block_d, group, on=a.heads_inner == "on": on and group > 1
     os.makedirs(a.out, exist_ok=True)
     results = []
     for name in a.cases.split(","):
-        results.append(tune_case(parse_case(name), a.passes, a.rounds))
+        results.append(tune_case(parse_case(name), a.passes, a.rounds, a.configs))
         print(json.dumps(results[-1]), flush=True)
         torch.cuda.empty_cache()
     with open(os.path.join(a.out, "tune.json"), "w") as f:
@@ -247,7 +266,7 @@ def main():
              "bf16, 32 query heads, 16k tokens per batch unless the case names a batch (b2), the layout and mask the "
              f"case names (see the docstring); ms medians of {a.rounds} rounds, the candidates in changing orders. "
              "'current' is the first candidate (the table in kernels/config.py at the time of the run); configs are "
-             f"(block_m, block_n, warps, stages, TMA); dK/dV heads inner: {a.heads_inner}.", "",
+             f"(block_m, block_n, warps, stages, TMA, register cap); dK/dV heads inner: {a.heads_inner}.", "",
              "| case | fa2 fwd | cudnn fwd | current fwd | best fwd | fa2 fwd+bwd | cudnn fwd+bwd | current fwd+bwd "
              "| best fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [summary_line(r) for r in results]

@@ -14,12 +14,14 @@ from typing import Optional
 class LaunchConfig:
     """tma: the tiles a program streams (K/V in the forward and dQ passes, Q/dO in the dK/dV pass) come through
     tensor descriptors, fetched by Hopper's copy engine (TMA); ops falls back to pointer loads where the strides do
-    not allow it."""
+    not allow it. max_registers: a cap on the registers per thread (ptxas's maxnreg), so that as many programs
+    share a multiprocessor as its shared memory allows (forward pass only); None leaves ptxas its choice."""
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
     tma: bool = False
+    max_registers: Optional[int] = None
 
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -72,13 +74,18 @@ def key_reach(kv_len: int, block_d: int, *bounds) -> int:
     return kv_len if block_d <= 64 or not known else min(kv_len, *known)
 
 
-def forward_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False) -> LaunchConfig:
-    """tma: the GPU has Hopper's copy engine (sm90+); with it small tiles are the fastest (benchmarks/NOTES.md 4)."""
+def forward_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, causal: bool = True) -> LaunchConfig:
+    """tma: the GPU has Hopper's copy engine (sm90+); with it small tiles are the fastest (benchmarks/NOTES.md 4),
+    except at head size 64 without the causal mask: there 64 x 128 tiles at two stages run 3-11% faster than 64 x 64
+    from 2048 keys (a quarter fewer instructions per key, three programs per SM at 156 registers); the causal
+    kernel's masked loops take it to 238 registers, two programs per SM, and it lost there (NOTES.md entry 22)."""
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
     if fp32:
         return LaunchConfig(64, 32, 4, 2) if block_d <= 128 else LaunchConfig(32, 32, 4, 1)
     if tma:
+        if block_d <= 64 and not causal and kv_len > SHORT_KV:
+            return LaunchConfig(64, 128, 4, 2, True)
         return LaunchConfig(64, 64, 4, 3, True) if block_d <= 128 else LaunchConfig(128, 64, 8, 2, True)
     if block_d <= 128 and kv_len <= SHORT_KV:
         return LaunchConfig(64, 64, 4, 3)
@@ -135,7 +142,8 @@ def dq_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, gqa: boo
 # Alternatives the optional autotuner (autotune.py) and benchmarks/tune.py try per pass and padded head size,
 # fp16/bf16 only: (block_m, block_n, warps, stages).
 CANDIDATES = {
-    "forward": {64: [(64, 64, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3)],
+    "forward": {64: [(64, 64, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3),
+                     (64, 128, 4, 2)],
                 # (64, 128, 4, 1): a quarter fewer instructions per key than 64 x 64, two programs per SM only
                 # without prefetch (benchmarks/NOTES.md entry 12)
                 128: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 2),

@@ -152,6 +152,11 @@ def _streamed(a: torch.Tensor, b: torch.Tensor, cfg: LaunchConfig, rows: int, bl
     return a, b, False
 
 
+def _registers(cfg: LaunchConfig) -> dict:
+    """The launch option that caps the registers per thread, where the configuration sets a cap."""
+    return {} if cfg.max_registers is None else {"maxnreg": cfg.max_registers}
+
+
 def _choose(pass_name, default, q, k, flags, launch):
     """The table's configuration, or the autotuner's when HF_SDPA_AUTOTUNE=1 (see autotune.py)."""
     if not autotune_enabled():  # the common case pays for no key
@@ -416,12 +421,12 @@ def run_forward(q, k, v, p: Pattern):
             (cdiv(SQ, cfg.block_m), B * H, 1), q, k_arg, v_arg, out, lse, *tensors, *scalars,
             *_strides(q, k, v, out), s_keep, s_doc, H, H // k.shape[1], SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-            TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **FUSED)
+            TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_registers(cfg), **FUSED)
         return tma
 
     reach = key_reach(SKV, block_d, p.window, p.longest_document)
-    cfg = _choose("forward", forward_config(block_d, q.dtype == torch.float32, reach, has_tma(q.device)), q, k,
-                  flags, launch)
+    table = forward_config(block_d, q.dtype == torch.float32, reach, has_tma(q.device), p.causal)
+    cfg = _choose("forward", table, q, k, flags, launch)
     cfg, tma = _fitting("forward", cfg, launch, q, flags)
     _announce("attention_fwd_kernel", cfg, TMA=tma)
     return out, lse

@@ -42,7 +42,7 @@ def test_search_skips_failures_keeps_the_fastest_and_caches_it_on_disk(tuner):
     another_process = autotune.Tuner()
     assert another_process.choose("key", SLOW, [SLOW, BROKEN, FAST], launch, CPU) == FAST
     assert another_process.searches == 0 and len(runs) == searched
-    assert json.loads(autotune.cache_file(CPU).read_text()) == {"key": [16, 32, 1, 1, False]}
+    assert json.loads(autotune.cache_file(CPU).read_text()) == {"key": [16, 32, 1, 1, False, None]}
 
 
 def test_search_is_bounded_and_starts_from_the_table(tuner):

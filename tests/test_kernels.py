@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import DEVICE, HAS_GPU
 from hf_sdpa import AttentionRefused
 from hf_sdpa.kernels import attention, dropout_keep_mask, ops
-from hf_sdpa.kernels.config import interpreting
+from hf_sdpa.kernels.config import LaunchConfig, interpreting
 from hf_sdpa.kernels.attention import documents_from_position_ids
 from reference import assert_within, attention_ref, pattern_mask
 
@@ -291,6 +291,17 @@ def test_random_cases(data):
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_long_sequences(seq, d, dtype):
     run_case(2, 8, 2, seq, seq, d, dtype, causal=True, padding="left")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("padding", [None, "left"])
+@pytest.mark.parametrize("seq", [2049, 4097])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_gpu_long_bidirectional_sequences(d, seq, padding, dtype):
+    """Without the causal mask past SHORT_KV keys: on Hopper head size 64 takes 64 x 128 tiles there
+    (config.forward_config)."""
+    run_case(2, 8, 2, seq, seq, d, dtype, causal=False, padding=padding)
 
 
 @pytest.mark.gpu
@@ -734,6 +745,17 @@ def test_tma_descriptors_give_the_same_results(case, dtype, force_tma):
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
     assert force_tma == [True, True, True]  # forward, dK/dV, dQ
+
+
+def test_a_register_cap_reaches_the_forward_launch(monkeypatch):
+    """LaunchConfig.max_registers goes to Triton as maxnreg (ptxas's cap; the interpreter ignores it), and the
+    result stays right."""
+    monkeypatch.setattr(ops, "forward_config", lambda *args: LaunchConfig(16, 16, 1, 1, max_registers=168))
+    launched, forward = [], ops.FORWARD
+    monkeypatch.setattr(ops, "FORWARD", lambda grid, *args, **kwargs: launched.append(kwargs.get("maxnreg"))
+                        or forward(grid, *args, **kwargs))
+    run_case(1, 2, 2, 20, 20, 16, torch.float16, causal=True)
+    assert launched == [168]
 
 
 def test_tma_falls_back_to_pointers_for_strides_it_cannot_address(force_tma):

@@ -15,7 +15,9 @@ class LaunchConfig:
     """tma: the tiles a program streams (K/V in the forward and dQ passes, Q/dO in the dK/dV pass) come through
     tensor descriptors, fetched by Hopper's copy engine (TMA); ops falls back to pointer loads where the strides do
     not allow it. max_registers: a cap on the registers per thread (ptxas's maxnreg), so that as many programs
-    share a multiprocessor as its shared memory allows (forward pass only); None leaves ptxas its choice."""
+    share a multiprocessor as its shared memory allows (forward pass only; ptxas spills what does not fit: with
+    dropout the head-size-64 forward's loops spill a few registers under the table's cap); None leaves ptxas its
+    choice."""
     block_m: int
     block_n: int
     num_warps: int
@@ -76,9 +78,10 @@ def key_reach(kv_len: int, block_d: int, *bounds) -> int:
 
 def forward_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, causal: bool = True) -> LaunchConfig:
     """tma: the GPU has Hopper's copy engine (sm90+); with it small tiles are the fastest (benchmarks/NOTES.md 4),
-    except at head size 64 without the causal mask: there 64 x 128 tiles at two stages run 3-11% faster than 64 x 64
-    from 2048 keys (a quarter fewer instructions per key, three programs per SM at 156 registers); the causal
-    kernel's masked loops take it to 238 registers, two programs per SM, and it lost there (NOTES.md entry 22)."""
+    except at head size 64: without the causal mask 64 x 128 tiles at two stages run 3-11% faster than 64 x 64 from
+    2048 keys (a quarter fewer instructions per key, three programs per SM at 156 registers). The causal kernel's
+    masked loops take those tiles to 238 registers, two programs per SM; capped at 168 (no spills) it is three again,
+    2-6% faster from 8192 keys and level to 6% slower below (NOTES.md entry 22)."""
     if interpreting():
         return LaunchConfig(16, 16, 1, 1)
     if fp32:
@@ -86,6 +89,8 @@ def forward_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, cau
     if tma:
         if block_d <= 64 and not causal and kv_len > SHORT_KV:
             return LaunchConfig(64, 128, 4, 2, True)
+        if block_d <= 64 and kv_len >= 8 * SHORT_KV:
+            return LaunchConfig(64, 128, 4, 2, True, max_registers=168)
         return LaunchConfig(64, 64, 4, 3, True) if block_d <= 128 else LaunchConfig(128, 64, 8, 2, True)
     if block_d <= 128 and kv_len <= SHORT_KV:
         return LaunchConfig(64, 64, 4, 3)

@@ -46,7 +46,8 @@ def _announce(kernel: str, cfg=None, **info):
     if not LAUNCH_HOOKS:
         return
     if cfg is not None:
-        info = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, warps=cfg.num_warps, stages=cfg.num_stages, **info)
+        info = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, warps=cfg.num_warps, stages=cfg.num_stages,
+                    **_registers(cfg), **info)
     for hook in LAUNCH_HOOKS:
         hook(kernel, info)
 

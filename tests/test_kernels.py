@@ -305,6 +305,14 @@ def test_gpu_long_bidirectional_sequences(d, seq, padding, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("padding", [None, "left"])
+def test_gpu_head_size_64_causal_past_8192_keys(padding, dtype):
+    """On Hopper these take 64 x 128 tiles with the registers capped (config.forward_config)."""
+    run_case(1, 2, 1, 8193, 8193, 64, dtype, causal=True, padding=padding)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_long_sequences_with_a_short_window(d, dtype):
@@ -748,14 +756,16 @@ def test_tma_descriptors_give_the_same_results(case, dtype, force_tma):
 
 
 def test_a_register_cap_reaches_the_forward_launch(monkeypatch):
-    """LaunchConfig.max_registers goes to Triton as maxnreg (ptxas's cap; the interpreter ignores it), and the
-    result stays right."""
+    """LaunchConfig.max_registers goes to Triton as maxnreg (ptxas's cap; the interpreter ignores it) and to the
+    launch hooks, and the result stays right."""
     monkeypatch.setattr(ops, "forward_config", lambda *args: LaunchConfig(16, 16, 1, 1, max_registers=168))
-    launched, forward = [], ops.FORWARD
+    launched, forward, announced = [], ops.FORWARD, []
     monkeypatch.setattr(ops, "FORWARD", lambda grid, *args, **kwargs: launched.append(kwargs.get("maxnreg"))
                         or forward(grid, *args, **kwargs))
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: kernel == "attention_fwd_kernel"
+                                              and announced.append(info["maxnreg"])])
     run_case(1, 2, 2, 20, 20, 16, torch.float16, causal=True)
-    assert launched == [168]
+    assert launched == announced == [168]  # the doctor and the tracer report the cap
 
 
 def test_tma_falls_back_to_pointers_for_strides_it_cannot_address(force_tma):

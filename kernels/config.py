@@ -89,7 +89,7 @@ def forward_config(block_d: int, fp32: bool, kv_len: int, tma: bool = False, cau
     if tma:
         if block_d <= 64 and not causal and kv_len > SHORT_KV:
             return LaunchConfig(64, 128, 4, 2, True)
-        if block_d <= 64 and kv_len >= 8 * SHORT_KV:
+        if block_d <= 64 and causal and kv_len >= 8 * SHORT_KV:
             return LaunchConfig(64, 128, 4, 2, True, max_registers=168)
         return LaunchConfig(64, 64, 4, 3, True) if block_d <= 128 else LaunchConfig(128, 64, 8, 2, True)
     if block_d <= 128 and kv_len <= SHORT_KV:

@@ -250,7 +250,8 @@ def main():
                    help="how the dK/dV pass walks a GQA group's heads: as config.dkdv_heads_inner says, or forced")
     p.add_argument("--configs", default=None, type=parse_configs,
                    help="the candidates of every pass swept instead of config.CANDIDATES: BMxBNxWARPSxSTAGES[t][:R], "
-                        "comma-separated, t for TMA, R a cap on registers (forward only; e.g. 64x64x4x3t,64x128x4x2t:168)")
+                        "comma-separated, t for TMA, R a cap on registers (forward only), e.g. "
+                        "64x64x4x3t,64x128x4x2t:168")
     a = p.parse_args()
     if a.heads_inner != "table":
         ops.dkdv_heads_inner = lambda block_d, group, on=a.heads_inner == "on": on and group > 1

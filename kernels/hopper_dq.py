@@ -18,8 +18,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _key_range, _loader, _tma_load,
-                             barriers, hardware_tanh, masked_block, mma_layout, register_operand, row_masks,
+from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _key_range, _loader, _tile,
+                             _tma_load, barriers, hardware_tanh, masked_block, mma_layout, register_operand, row_masks,
                              visible)
 from .tiles import LOG2E
 
@@ -44,10 +44,10 @@ def _ds_factor(qk, lse, start_n, offs_m, rows, score, BLOCK_N: gl.constexpr, CAU
 
 
 @gluon.jit
-def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr,
-              HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
-    """One warpgroup: dQ of 64 query rows over the program's key blocks."""
+def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+              STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr,
+              HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
+    """One warpgroup: dQ of 64 query rows of the program's tile over its key blocks."""
     q_desc, _, _, do_desc, DQ, Lse, Delta, dq_strides = io
     H, _, SQ, SKV = shape
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, do_smem = bufs
@@ -57,10 +57,11 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
     ds_layout: gl.constexpr = register_operand(HEAD_DIM)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
 
-    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
-    start_m += GROUP_ID * ROWS_PER_GROUP
-    bh = gl.program_id(1)
+    start_m, bh = _tile(gl.program_id(0), shape, tiles[0], tiles[1])
+    b = bh // H
     h = bh % H
+    n_begin, n_blocks = _key_range(start_m, b, shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+    start_m += GROUP_ID * ROWS_PER_GROUP
     offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
     dq = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, dq_layout)
     if n_blocks > 0:
@@ -114,14 +115,15 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
 def attention_bwd_dq_hopper_kernel(
         q_desc, k_desc, v_desc, do_desc, DQ, Lse, Delta, KvLo, KvHi, Holes, KeyKeep, DocStart,
         qk_scale, sm_scale, softcap, window, stride_dqb, stride_dqh, stride_dqm, stride_keep_b, stride_doc_b,
-        H, GROUP, SQ, SKV,
+        H, GROUP, SQ, SKV, BH, SECTION,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
         SOFTCAP: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps.
     q_desc and do_desc read (1, 1, 64, HEAD_DIM) tiles of Q and dO (B, H, SQ, D), k_desc and v_desc
     (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V (B, HK, SKV, D); DQ (B, H, SQ, D) with the given strides; Lse and
-    Delta (B, H, SQ) float32; the mask arguments as hopper_forward.py takes them; grid (cdiv(SQ, 128), B * H)."""
+    Delta (B, H, SQ) float32; the mask arguments, BH = B * H and SECTION as hopper_forward.py takes them; grid
+    (cdiv(SQ, 128) * B * H,): one program per tile, the tiles in hopper_forward.py's order."""
     gl.static_assert(STAGES >= 2, "a group reads K and V of one block while the next block loads")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
@@ -139,11 +141,12 @@ def attention_bwd_dq_hopper_kernel(
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)
+    tiles = (BH, SECTION)
     bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, do_smem)
     gl.warp_specialize([
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                     HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                     HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
-        (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+        (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
+                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
+        (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
+                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
+        (_loader, (io, shape, tiles, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])

@@ -2,7 +2,9 @@
 
 Triton's `tl.dot` cannot say which warps run the matmuls while others run the softmax: two programs per SM interleave
 as the warp schedulers happen to pick them (benchmarks/NOTES.md entries 4 and 8). Gluon, Triton's lower-level
-language, writes the schedule out. One program takes 128 query rows and runs three partitions:
+language, writes the schedule out. A tile is 128 query rows of one head; a program takes tiles p, p + programs, ...
+one after another (one tile each, or persistent: one program per SM, where ops.py found that faster) and runs three
+partitions:
 
 - a loader warp streams K and V blocks into rings of STAGES shared-memory buffers through TMA. A K buffer is
   released once both groups' S = Q K^T has run, a V buffer once their O += P V has, so the next K block loads
@@ -11,6 +13,11 @@ language, writes the schedule out. One program takes 128 query rows and runs thr
   its turn, issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} asynchronously, and hands the turn over, so that one
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
   of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
+
+A program of 9 warps at up to 240 registers fills an SM, so with one program per tile every tile paid for its
+program's start, its first loads and its stores with idle tensor cores (short sequences: 4 key blocks a tile at 512
+tokens). Persistent, the loader fetches the next tile's blocks while the consumers finish this one, and each group
+loads its next rows as soon as its last Q K^T has run.
 
 Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256 (ops sends 128 and 256,
 where it measured faster: benchmarks/NOTES.md entry 14), causal (aligned to the last key) or not, GQA, a positive
@@ -68,15 +75,27 @@ def hardware_tanh(x):
 
 
 @gluon.jit
-def _key_range(shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
+def _tile(t, shape, BH, SECTION):
+    """Tile t's first query row and batch * head row. Tiles go in sections of SECTION heads (as many as share the L2
+    cache, ops.section_heads); inside a section the heaviest causal row blocks (the last rows) of all its heads come
+    first: the tail of the grid is short work, and a persistent grid's fixed turns (tile t to program t mod
+    programs) get about equal causal work."""
+    SQ = shape[2]
+    num_m = gl.cdiv(SQ, 2 * ROWS_PER_GROUP)
+    section = t // (SECTION * num_m)
+    heads = gl.minimum(SECTION, BH - section * SECTION)
+    r = t - section * SECTION * num_m
+    heaviest = r // heads
+    return (num_m - 1 - heaviest) * (2 * ROWS_PER_GROUP), section * SECTION + r - heaviest * heads
+
+
+@gluon.jit
+def _key_range(start_m, b, shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
                HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
-    """The program's first query row, its batch, and the key blocks [n_begin, n_begin + n_blocks) that some row of
-    its 128 sees: the same in all three partitions, which is what keeps their barriers in step."""
+    """The key blocks [n_begin, n_begin + n_blocks) that some of the 128 rows from start_m of batch row b see: the
+    same in all three partitions, which is what keeps their barriers in step."""
     H, _, SQ, SKV = shape
     KvLo, KvHi, window, DocStart, stride_doc_b, _, _, _ = mask
-    # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
-    start_m = (gl.num_programs(0) - 1 - gl.program_id(0)) * (2 * ROWS_PER_GROUP)
-    b = gl.program_id(1) // H
     lo, hi = padding_range(KvLo, KvHi, b, SKV, HAS_PADDING)
     if CAUSAL:
         hi = gl.minimum(hi, gl.minimum(start_m + 2 * ROWS_PER_GROUP, SQ) + SKV - SQ)
@@ -86,7 +105,7 @@ def _key_range(shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PAD
         lo = gl.maximum(lo, gl.load(DocStart + b * stride_doc_b + start_m))
     lo = gl.maximum(lo, 0)
     n_begin = lo // BLOCK_N
-    return start_m, b, n_begin, gl.where(hi > lo, gl.cdiv(hi, BLOCK_N) - n_begin, 0)
+    return n_begin, gl.where(hi > lo, gl.cdiv(hi, BLOCK_N) - n_begin, 0)
 
 
 @gluon.jit
@@ -98,22 +117,35 @@ def padding_range(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
 
 
 @gluon.jit
-def _loader(io, shape, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+def _loader(io, shape, tiles, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
-    """One warp: K and V blocks into their rings, a buffer refilled once both consumers have released it."""
+    """One warp: the K and V blocks of the program's tiles, one after another, into their rings; a buffer is refilled
+    once both consumers have released it, so the next tile's first blocks load while this tile's last ones are used."""
     _, k_desc, v_desc, _, _, _, _, _ = io
     H, GROUP, _, _ = shape
+    BH, SECTION = tiles
     _, k_ring, v_ring, _, k_ready, v_ready, k_empty, v_empty, _ = bufs
-    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
-    hk = (gl.program_id(1) % H) // GROUP
-    for i in range(n_blocks):  # the i-th block goes to stage i % STAGES, its (i // STAGES)-th use
-        stage = i % STAGES
-        free = ((i // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1
-        start_n = (n_begin + i) * BLOCK_N
-        mbarrier.wait(k_empty.index(stage), free)
-        load_block(k_desc, b, hk, start_n, k_ready.index(stage), k_ring.index(stage))
-        mbarrier.wait(v_empty.index(stage), free)
-        load_block(v_desc, b, hk, start_n, v_ready.index(stage), v_ring.index(stage))
+    loaded = 0  # the g-th block of the program goes to stage g % STAGES, its (g // STAGES)-th use
+    for t in range(gl.program_id(0), _num_tiles(shape, tiles), gl.num_programs(0)):
+        start_m, bh = _tile(t, shape, BH, SECTION)
+        b = bh // H
+        n_begin, n_blocks = _key_range(start_m, b, shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+        hk = (bh % H) // GROUP
+        for i in range(n_blocks):
+            stage = loaded % STAGES
+            free = ((loaded // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1
+            start_n = (n_begin + i) * BLOCK_N
+            mbarrier.wait(k_empty.index(stage), free)
+            load_block(k_desc, b, hk, start_n, k_ready.index(stage), k_ring.index(stage))
+            mbarrier.wait(v_empty.index(stage), free)
+            load_block(v_desc, b, hk, start_n, v_ready.index(stage), v_ring.index(stage))
+            loaded += 1
+
+
+@gluon.jit
+def _num_tiles(shape, tiles):
+    """128-row blocks times batch * heads."""
+    return gl.cdiv(shape[2], 2 * ROWS_PER_GROUP) * tiles[0]
 
 
 @gluon.jit
@@ -198,11 +230,20 @@ qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constex
 
 
 @gluon.jit
-def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr,
-              HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
-    """One warpgroup: 64 query rows against the program's key blocks, its matmuls issued in turns with the other
-    group's."""
+def _load_q(t, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID: gl.constexpr):
+    """This group's 64 rows of tile t into q_buf, where the program has a tile t."""
+    if t < _num_tiles(shape, tiles):
+        start_m, bh = _tile(t, shape, tiles[0], tiles[1])
+        H = shape[0]
+        load_block(q_desc, bh // H, bh % H, start_m + GROUP_ID * ROWS_PER_GROUP, q_bar, q_buf)
+
+
+@gluon.jit
+def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+              STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr,
+              HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
+    """One warpgroup: 64 query rows of each of the program's tiles against their key blocks, its matmuls issued in
+    turns with the other group's. The next tile's rows load as soon as this tile's last Q K^T has run."""
     q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
     H, _, SQ, SKV = shape
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
@@ -214,94 +255,108 @@ def _consumer(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     my_turn = turn.index(GROUP_ID)
     their_turn = turn.index(1 - GROUP_ID)
+    q_buf = q_smem.index(GROUP_ID)
+    q = q_buf.reshape([ROWS_PER_GROUP, HEAD_DIM])
+    q_bar = q_ready.index(GROUP_ID)
+    s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_N], gl.float32, s_layout)
 
-    start_m, b, n_begin, n_blocks = _key_range(shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
-    start_m += GROUP_ID * ROWS_PER_GROUP
-    bh = gl.program_id(1)
-    h = bh % H
-    offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
-    acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
-    m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
-    l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
-    if n_blocks > 0:
-        rows = row_masks(shape, mask, start_m, b, offs_m, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+    used = 0  # key blocks the program has consumed: block g sits in stage g % STAGES, its (g // STAGES)-th use
+    turns = 0  # turns this group has taken
+    tiles_done = 0
+    _load_q(gl.program_id(0), q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+    for t in range(gl.program_id(0), _num_tiles(shape, tiles), gl.num_programs(0)):
+        start_m, bh = _tile(t, shape, tiles[0], tiles[1])
+        b = bh // H
+        h = bh % H
+        n_begin, n_blocks = _key_range(start_m, b, shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+        start_m += GROUP_ID * ROWS_PER_GROUP
+        offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
+        acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
+        m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
+        l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
+        mbarrier.wait(q_bar, tiles_done & 1)
+        tiles_done += 1
+        if n_blocks > 0:
+            rows = row_masks(shape, mask, start_m, b, offs_m, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
 
-        q_buf = q_smem.index(GROUP_ID)
-        load_block(q_desc, b, h, start_m, q_ready.index(GROUP_ID), q_buf)
-        q = q_buf.reshape([ROWS_PER_GROUP, HEAD_DIM])
-        s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_N], gl.float32, s_layout)
-        mbarrier.wait(q_ready.index(GROUP_ID), 0)
-
-        # The first block alone: its scores start the row maxima.
-        mbarrier.wait(my_turn, 0)
-        mbarrier.wait(k_ready.index(0), 0)
-        qk = warpgroup_mma(q, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero, use_acc=False,
-                           is_async=True)
-        mbarrier.arrive(their_turn, count=1)
-        qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
-        mbarrier.arrive(k_empty.index(0), count=1)
-        m_i, m_ref, p = _scores(qk, n_begin * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL, HAS_WINDOW,
-                                HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
-        l_i = gl.sum(p, axis=1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
-
-        for i in range(1, n_blocks):
-            stage = i % STAGES
-            prev = (i - 1) % STAGES
-            mbarrier.wait(my_turn, i & 1)
-            mbarrier.wait(k_ready.index(stage), (i // STAGES) & 1)
+            # The first block alone: its scores start the row maxima.
+            stage = used % STAGES
+            mbarrier.wait(my_turn, turns & 1)
+            mbarrier.wait(k_ready.index(stage), (used // STAGES) & 1)
             qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
                                use_acc=False, is_async=True)
-            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to the previous maxima while S_j runs
-            mbarrier.wait(v_ready.index(prev), ((i - 1) // STAGES) & 1)
-            acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
             mbarrier.arrive(their_turn, count=1)
-            qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
+            qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
             mbarrier.arrive(k_empty.index(stage), count=1)
-            # The softmax sits in a branch that is always taken (SKV >= 1): ptxas schedules the wait for P V below
-            # right after the one above when both share a block, which would leave nothing to overlap
-            # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
-            if SKV > 0:
-                m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL,
-                                          HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
-                alpha = gl.exp2(m_i - m_ref)
-                l_new = l_i * alpha + gl.sum(p, axis=1)
-                p_next = gl.convert_layout(p.to(dtype), p_layout)
-            else:
-                m_new, l_new, p_next = m_i, l_i, p_op
-            m_i, l_i = m_new, l_new
-            acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
-            mbarrier.arrive(v_empty.index(prev), count=1)
-            p_op = p_next
+            m_i, m_ref, p = _scores(qk, n_begin * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL, HAS_WINDOW,
+                                    HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
+            l_i = gl.sum(p, axis=1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
 
-        last = (n_blocks - 1) % STAGES
-        mbarrier.wait(my_turn, n_blocks & 1)
-        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
-        mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
-        acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-        mbarrier.arrive(their_turn, count=1)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(v_empty.index(last), count=1)
+            for i in range(1, n_blocks):
+                g = used + i
+                stage = g % STAGES
+                prev = (g - 1) % STAGES
+                mbarrier.wait(my_turn, (turns + i) & 1)
+                mbarrier.wait(k_ready.index(stage), (g // STAGES) & 1)
+                qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
+                                   use_acc=False, is_async=True)
+                acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to the previous maxima while S_j runs
+                mbarrier.wait(v_ready.index(prev), ((g - 1) // STAGES) & 1)
+                acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+                mbarrier.arrive(their_turn, count=1)
+                qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
+                mbarrier.arrive(k_empty.index(stage), count=1)
+                # The softmax sits in a branch that is always taken (SKV >= 1): ptxas schedules the wait for P V
+                # below right after the one above when both share a block, which would leave nothing to overlap
+                # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
+                if SKV > 0:
+                    m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N,
+                                              CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
+                    alpha = gl.exp2(m_i - m_ref)
+                    l_new = l_i * alpha + gl.sum(p, axis=1)
+                    p_next = gl.convert_layout(p.to(dtype), p_layout)
+                else:
+                    m_new, l_new, p_next = m_i, l_i, p_op
+                m_i, l_i = m_new, l_new
+                acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+                mbarrier.arrive(v_empty.index(prev), count=1)
+                p_op = p_next
 
-    # A row that saw no key (all padding, or above the diagonal when there are more rows than keys): zeros, and an
-    # LSE of +inf, as forward.py writes them.
-    empty = l_i == 0.0
-    out = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), rows_o)[:, None]
-    rows_out = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_o)
-    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_out[:, None] * stride_om
-              + cols[None, :])
-    gl.store(o_ptrs, out.to(dtype), mask=rows_out[:, None] < SQ)
-    lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
-    gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, lse, mask=offs_m < SQ)
+            # Every Q K^T of this tile has run: the next tile's rows load while its last P V and the stores run.
+            _load_q(t + gl.num_programs(0), q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+            last = (used + n_blocks - 1) % STAGES
+            mbarrier.wait(my_turn, (turns + n_blocks) & 1)
+            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+            mbarrier.wait(v_ready.index(last), ((used + n_blocks - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+            mbarrier.arrive(their_turn, count=1)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(v_empty.index(last), count=1)
+            used += n_blocks
+            turns += n_blocks + 1
+        else:
+            _load_q(t + gl.num_programs(0), q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+
+        # A row that saw no key (all padding, or above the diagonal when there are more rows than keys): zeros, and
+        # an LSE of +inf, as forward.py writes them.
+        empty = l_i == 0.0
+        out = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), rows_o)[:, None]
+        rows_out = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_o)
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_out[:, None] * stride_om
+                  + cols[None, :])
+        gl.store(o_ptrs, out.to(dtype), mask=rows_out[:, None] < SQ)
+        lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
+        gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, lse, mask=offs_m < SQ)
 
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
         q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, Holes, KeyKeep, DocStart, qk_scale, sm_scale, softcap, window,
         stride_ob, stride_oh, stride_om, stride_keep_b, stride_doc_b,
-        H, GROUP, SQ, SKV,
+        H, GROUP, SQ, SKV, BH, SECTION,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
         SOFTCAP: gl.constexpr):
@@ -311,7 +366,9 @@ def attention_fwd_hopper_kernel(
     int8 whether batch row b's kept keys have gaps and KeyKeep (B, SKV) int8 rows stride_keep_b apart the mask itself
     (read with HAS_HOLES); window the sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows
     stride_doc_b apart, each row's packed document start (with HAS_DOC); qk_scale the scale times log2(e),
-    sm_scale the scale, softcap the cap (read with SOFTCAP); grid (cdiv(SQ, 128), B * H)."""
+    sm_scale the scale, softcap the cap (read with SOFTCAP); BH = B * H; SECTION the heads of a section (_tile).
+    Grid (programs,): program p takes tiles p, p + programs, ... of the cdiv(SQ, 128) * BH, so a grid of one program
+    per multiprocessor keeps every program resident and its loader streaming from one tile into the next."""
     # A group reads block j's K and block j - 1's V at once: with one stage the loads and the matmuls would take
     # turns.
     gl.static_assert(STAGES >= 2, "the K and V rings need at least two stages")
@@ -331,13 +388,14 @@ def attention_fwd_hopper_kernel(
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)
+    tiles = (BH, SECTION)
     bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn)
     gl.warp_specialize([
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                     HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
-        (_consumer, (io, shape, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                     HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
-        (_loader, (io, shape, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+        (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
+                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
+        (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
+                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
+        (_loader, (io, shape, tiles, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 

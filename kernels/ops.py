@@ -221,6 +221,35 @@ def _on_tensor_device(run):
 HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "1") == "1"
 HOPPER_FORWARD_TILES = {128: (128, 2), 256: (64, 2)}
 HOPPER_FORWARD_MIN_KEYS = {128: 2048}
+# Persistent: one program per multiprocessor walks the tiles (hopper_forward.py); off, one program per tile
+# (HF_SDPA_HOPPER_PERSISTENT=0, for the A/B of benchmarks/hopper_ab.py). Measured on H100s (NOTES.md entry 23),
+# with GQA: the forward 2-20% faster up to 4096 keys (padding, window and softcap included) and without the causal
+# mask at any length, 3% slower causal from 8192 keys, where tiles differ most in length and the programs' fixed
+# turns balance them worse than the hardware's scheduler; with MHA (every head its own K and V) causal 4-27% slower
+# at head size 256 from 512 to 2048 keys, level to 3% either way without the mask. Elsewhere one program per tile.
+HOPPER_PERSISTENT = os.environ.get("HF_SDPA_HOPPER_PERSISTENT", "1") == "1"
+HOPPER_PERSISTENT_CAUSAL_MAX_KEYS = 4096
+SECTION_BYTES = 16 << 20  # K and V of a section's heads: about a third of Hopper's 50 MB L2 cache
+
+
+def hopper_persistent(p: Pattern, kv_len: int, group: int) -> bool:
+    """Whether the Gluon forward runs persistent: under GQA (group query heads per K/V head, more than one), causal
+    tiles of up to HOPPER_PERSISTENT_CAUSAL_MAX_KEYS keys (a window or packed documents bound them), or any length
+    without the causal mask."""
+    reach = key_reach(kv_len, 128, p.window, p.longest_document)
+    return HOPPER_PERSISTENT and group > 1 and (not p.causal or reach <= HOPPER_PERSISTENT_CAUSAL_MAX_KEYS)
+
+
+def section_heads(k, group: int, heads: int) -> int:
+    """Query heads per section of the Gluon kernels' tile order (hopper_forward._tile): under GQA as many groups as
+    have their K and V (k's length and head size, twice) within SECTION_BYTES, at least one group, at most all
+    heads. MHA keeps one head per section, each head's row blocks one after another, the order of one program per
+    (row block, head) before sections: with sections the forward and backward measured no better there, up to 12%
+    slower (benchmarks/NOTES.md entry 23)."""
+    if group == 1:
+        return 1
+    kv_bytes = 2 * k.shape[2] * k.shape[3] * k.element_size()
+    return min(heads, max(1, SECTION_BYTES // kv_bytes) * group)
 
 
 def hopper_forward_pays(head_dim: int, kv_len: int) -> bool:
@@ -262,9 +291,12 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
         return False
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
+    group = H // k.shape[1]
+    tiles = cdiv(SQ, 2 * ROWS_PER_GROUP.value) * B * H
+    programs = min(tiles, _multiprocessors(q.device)) if hopper_persistent(p, SKV, group) else tiles
     HOPPER_FWD(
-        (cdiv(SQ, 2 * ROWS_PER_GROUP.value), B * H, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep,
-        documents, qk_scale, sm_scale, softcap, window, *out.stride()[:3], s_keep, s_doc, H, H // k.shape[1], SQ, SKV,
+        (programs, 1, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep, documents, qk_scale, sm_scale,
+        softcap, window, *out.stride()[:3], s_keep, s_doc, H, group, SQ, SKV, B * H, section_heads(k, group, B * H),
         HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
         HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
         SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
@@ -367,8 +399,9 @@ def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern, args) -> bool:
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), \
         flags = args
     HOPPER_DQ(
-        (cdiv(SQ, 2 * rows), B * H, 1), *descriptors, dq, lse, delta, kv_lo, kv_hi, holes, key_keep, documents,
-        qk_scale, sm_scale, softcap, window, *dq.stride()[:3], s_keep, s_doc, H, H // HK, SQ, SKV,
+        (cdiv(SQ, 2 * rows) * B * H, 1, 1), *descriptors, dq, lse, delta, kv_lo, kv_hi, holes, key_keep, documents,
+        qk_scale, sm_scale, softcap, window, *dq.stride()[:3], s_keep, s_doc, H, H // HK, SQ, SKV, B * H,
+        section_heads(k, H // HK, B * H),
         HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
         HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
         SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)

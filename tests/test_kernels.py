@@ -412,20 +412,25 @@ def stub_launches(monkeypatch, launcher) -> list:
     return calls
 
 
-def test_the_gluon_forward_launch_binds_every_kernel_parameter(monkeypatch):
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per_tile"])
+def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, monkeypatch):
     """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K and V and passes each of the
-    kernel's parameters, in order, with a grid of 128-row blocks by batch x heads."""
+    kernel's parameters, in order, with a grid of one program per multiprocessor (persistent; at most one per
+    tile) or one per 128-row tile of each batch row and head."""
     if ops.HOPPER_FWD is None:
         pytest.skip("this Triton has no Gluon Hopper language")
     calls = stub_launches(monkeypatch, ops.HOPPER_FWD)
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
     monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})  # the kernel at every key length
+    monkeypatch.setattr(ops, "HOPPER_PERSISTENT", persistent)
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    monkeypatch.setattr(ops, "_multiprocessors", lambda device: 5)
     q = torch.randn(2, 300, 8, 128, dtype=torch.bfloat16).transpose(1, 2)  # the model's layout
     k, v = (torch.randn(2, 2, 300, 128, dtype=torch.bfloat16) for _ in range(2))
     out, lse = ops.run_forward(q, k, v, dense_pattern(scale=0.125))
     (grid, warps, args), = calls
-    assert grid == (3, 16, 1) and warps == 4
+    assert grid == ((5 if persistent else 3 * 16), 1, 1) and warps == 4
+    assert (args["BH"], args["SECTION"]) == (16, 16)  # 300 keys: every head's K and V share the L2 cache
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc")]
     assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128]]
     assert args["q_desc"].strides == list(q.stride()) and args["k_desc"].base is k
@@ -474,7 +479,8 @@ def test_the_gluon_backward_launch_binds_every_kernel_parameter(head_dim, keys, 
 def test_the_gluon_dq_kernel_launches_after_delta_and_binds_every_kernel_parameter(monkeypatch):
     """Where the Gluon dK/dV kernel runs without writing dQ, the Gluon dQ kernel replaces backward.py's: the Delta
     kernel (through the interpreter) first, then descriptors over Q, K, V and dO (64-row blocks of Q and dO, the
-    table's key blocks of K and V), a grid of 128-row blocks by batch x heads, and every parameter bound."""
+    table's key blocks of K and V), a program per 128-row tile of each batch row and head, and every parameter
+    bound."""
     if ops.HOPPER_DQ is None or not interpreting():
         pytest.skip("the Delta kernel runs on the CPU through the interpreter; this Triton has Gluon's Hopper language")
     calls = stub_launches(monkeypatch, ops.HOPPER_DQ)
@@ -494,7 +500,8 @@ def test_the_gluon_dq_kernel_launches_after_delta_and_binds_every_kernel_paramet
     assert ran == ["attention_bwd_delta_kernel", "attention_bwd_dq_hopper_kernel", "attention_bwd_dkdv_hopper_kernel"]
     (grid, warps, args), = calls
     block_n = ops.HOPPER_DQ_TILES[128][0]
-    assert grid == (3, 16, 1) and warps == 4 and len(dkdv_calls) == 1
+    assert grid == (3 * 16, 1, 1) and warps == 4 and len(dkdv_calls) == 1
+    assert (args["BH"], args["SECTION"]) == (16, 16)
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc", "do_desc")]
     assert blocks == [[1, 1, 64, 128], [1, 1, block_n, 128], [1, 1, block_n, 128], [1, 1, 64, 128]]
     assert args["q_desc"].strides == list(q.stride()) and args["do_desc"].strides == list(do.stride())
@@ -575,6 +582,55 @@ def test_gpu_gluon_forward(case, dtype, monkeypatch):
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
+    assert ran[0] == "attention_fwd_hopper_kernel", ran
+
+
+def test_a_section_holds_the_heads_whose_keys_and_values_share_the_l2_cache():
+    """ops.section_heads: whole GQA groups whose K and V fit ops.SECTION_BYTES, at least one group, at most all;
+    one head under MHA."""
+    k = torch.empty(1, 1, 4096, 128, dtype=torch.bfloat16)  # K and V of a head: 2 MiB
+    assert ops.section_heads(k, group=4, heads=256) == (ops.SECTION_BYTES >> 21) * 4
+    assert ops.section_heads(k, group=4, heads=8) == 8
+    assert ops.section_heads(torch.empty(1, 1, 1 << 20, 128, dtype=torch.bfloat16), group=2, heads=64) == 2
+    assert ops.section_heads(k, group=1, heads=256) == 1
+
+
+@pytest.mark.parametrize("causal, kv_len, group, changes, persistent", [
+    (True, 4096, 4, {}, True), (True, 4097, 4, {}, False), (False, 1 << 16, 4, {}, True),
+    (True, 1 << 16, 4, dict(window=1024), True), (True, 1 << 16, 8, dict(longest_document=4096), True),
+    (True, 512, 1, {}, False), (False, 512, 1, {}, False)])
+def test_the_gluon_forward_is_persistent_under_gqa_unless_causal_tiles_are_long(causal, kv_len, group, changes,
+                                                                                 persistent):
+    """ops.hopper_persistent: one program per multiprocessor under GQA, except for causal attention over more than
+    HOPPER_PERSISTENT_CAUSAL_MAX_KEYS keys that no window or document bounds; one per tile for MHA
+    (benchmarks/NOTES.md entry 23)."""
+    assert ops.hopper_persistent(dense_pattern(causal=causal, **changes), kv_len, group) == persistent
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("programs, section_bytes", [(1, None), (3, 1), (7, 3 * 2 * 1000 * 128 * 2)],
+                         ids=["one_program", "sections_of_a_group", "uneven_sections"])
+@pytest.mark.parametrize("case", [(2, 4, 2, 1000, 1000, 128, dict(causal=True, padding="left")),
+                                  (2, 4, 2, 1000, 1000, 128, dict(causal=True, window=130)),
+                                  (1, 6, 2, 300, 1000, 256, dict(causal=True)),
+                                  (2, 4, 2, 700, 300, 128, dict())],
+                         ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
+def test_gpu_gluon_forward_walks_many_tiles_per_program(case, programs, section_bytes, monkeypatch):
+    """The persistent Gluon forward with fewer programs than tiles, so that each program's partitions carry their
+    ring and turn phases across tiles of different lengths (empty ones too); sections of a GQA group, and of three
+    groups over eight heads (the last section short)."""
+    if ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE)):
+        pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
+    monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    monkeypatch.setattr(ops, "hopper_persistent", lambda *args: True)
+    monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})
+    monkeypatch.setattr(ops, "_multiprocessors", lambda device: programs)
+    if section_bytes is not None:
+        monkeypatch.setattr(ops, "SECTION_BYTES", section_bytes)
+    ran = []
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
+    b, h, hk, sq, skv, d, options = case
+    run_case(b, h, hk, sq, skv, d, torch.bfloat16, **options)
     assert ran[0] == "attention_fwd_hopper_kernel", ran
 
 

@@ -167,12 +167,13 @@ def test_the_gluon_forward_relaunches_with_all_parameters(monkeypatch):
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
     monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})  # the kernel at every key length
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    monkeypatch.setattr(ops, "_multiprocessors", lambda device: 132)
     q, k, v = (torch.randn(2, 4, 300, 128, dtype=torch.bfloat16) for _ in range(3))
     for _ in range(2):
         ops.run_forward(q, k, v, ops.Pattern(None, None, None, None, None, True, None, None, 0.125, 0.0, 0, None))
     assert [entry[0] for entry in fake.log] == ["triton", "direct"]
     _, grid, args, _ = fake.log[1]
-    assert grid == (3, 8, 1) and len(args) == len(fake.arg_names)
+    assert grid == (3 * 8, 1, 1) and len(args) == len(fake.arg_names)  # MHA: one program per tile
 
 
 @pytest.mark.parametrize("gluon_dq", [False, True], ids=["triton_dq", "gluon_dq"])
@@ -199,7 +200,7 @@ def test_the_gluon_backward_relaunches_with_all_parameters(gluon_dq, monkeypatch
     pattern = ops.Pattern(None, None, None, None, None, True, None, None, 0.125, 0.0, 0, None)
     for _ in range(2):
         ops.run_backward(q, k, v, out, lse, do, pattern)
-    grids = {"HOPPER_DKDV": (3, 8, 1), "HOPPER_DQ": (3, 8, 1), "DELTA": (5, 8, 1), "DQ": None}
+    grids = {"HOPPER_DKDV": (3, 8, 1), "HOPPER_DQ": (3 * 8, 1, 1), "DELTA": (5, 8, 1), "DQ": None}
     for name, fake in fakes.items():
         assert [entry[0] for entry in fake.log] == ["triton", "direct"], name
         _, grid, args, _ = fake.log[1]

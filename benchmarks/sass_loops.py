@@ -228,7 +228,7 @@ def main():
     parser.add_argument("--no-tma", action="store_true")
     parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
     parser.add_argument("--masks", action="store_true",
-                        help="hopper_*: with padding ranges, a window, softcap and packed documents")
+                        help="with padding ranges, a window and softcap (hopper_*: and packed documents)")
     parser.add_argument("--fused-dq", action="store_true", help="hopper_backward: the variant that also writes dQ")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
@@ -244,9 +244,12 @@ def main():
                                            padding=args.masks, window=args.masks, softcap=args.masks,
                                            documents=args.masks, fused_dq=args.fused_dq)
     else:
+        from hf_sdpa.kernels.tiles import SOFTCAP_HW_TANH
+
+        masks = dict(HAS_PADDING=True, HAS_WINDOW=True, SOFTCAP=SOFTCAP_HW_TANH.value) if args.masks else {}
         compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                    BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
-                                   CAUSAL=not args.full, TMA=not args.no_tma)
+                                   CAUSAL=not args.full, TMA=not args.no_tma, **masks)
     report = dict(loop_report(compiled), exponentials_between_waits=exponentials_between_waits(compiled))
     if args.json:
         print(json.dumps(report, indent=1))

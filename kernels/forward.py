@@ -7,8 +7,8 @@ output and the row log-sum-exp (log2 units; +inf for a row that sees no key) for
 import triton
 import triton.language as tl
 
-from .tiles import (SOFTCAP_NONE, dropout_keep, head_sources, key_bounds, kv_range, load_rows,
-                    logits, mask_scores, phase_bounds, split_phases)
+from .tiles import (LOG2E, SOFTCAP_NONE, capped, dropout_keep, head_sources, key_bounds, kv_range, load_rows,
+                    mask_scores, phase_bounds, split_phases)
 
 
 @triton.jit
@@ -23,18 +23,25 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
         k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
         v = load_rows(v_src, b, hk, start_n, stride_vn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if MASKED or SOFTCAP != SOFTCAP_NONE:
-            s, _ = logits(qk, qk_scale, sm_scale, softcap, SOFTCAP)
-            if MASKED:
-                s = mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
-                                CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+        if MASKED and SOFTCAP == SOFTCAP_NONE:  # scaled before the mask: the scale may be 0, and -inf * 0 is NaN
+            s = mask_scores(qk * qk_scale, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+                            CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays at zero
             p = tl.math.exp2(s - m_ref[:, None])
-        else:  # the scale goes into the exponent's multiply-add: the max of the unscaled tile, scaled once per row
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        else:  # the factor goes into the exponent's multiply-add: the max of the unscaled tile, scaled once per row
+            factor = qk_scale
+            if SOFTCAP != SOFTCAP_NONE:  # softcap * log2(e) * tanh(s / softcap): a positive factor
+                qk = capped(qk, sm_scale, softcap, SOFTCAP)
+                factor = softcap * LOG2E
+            if MASKED:
+                qk = mask_scores(qk, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+                                 CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * factor)
             m_ref = m_new
-            p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
+            if MASKED:
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk * factor - m_ref[:, None])
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]

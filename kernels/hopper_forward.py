@@ -205,19 +205,19 @@ def visible(start_n, offs_m, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, 
 
 
 @gluon.jit
-def _scores(
-qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr,
             s_layout: gl.constexpr):
     """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials, in the log2
-    domain. score = (qk_scale, sm_scale, softcap), as ops passes them to every kernel: without softcap the scale
-    (qk_scale = sm_scale * log2(e)) rides on the exponent's FFMA; with it the scores are softcap * log2(e) *
-    tanh(qk * sm_scale / softcap), through the hardware tanh (16-bit inputs only reach here). rows: row_masks'; a row
-    that has seen no key yet keeps -inf as its maximum and takes exponentials against 0 (they are all 0)."""
+    domain. score = (qk_scale, sm_scale, softcap), as ops passes them to every kernel: without softcap the scores are
+    qk * qk_scale (qk_scale = sm_scale * log2(e)), with it softcap * log2(e) * tanh(qk * sm_scale / softcap), through
+    the hardware tanh (16-bit inputs only reach here). Either factor is positive (ops sends the Gluon forward positive
+    scales only), so the maxima are taken before it and it rides on the exponent's FFMA. rows: row_masks'; a row that
+    has seen no key yet keeps -inf as its maximum and takes exponentials against 0 (they are all 0)."""
     qk_scale, sm_scale, softcap = score
     if SOFTCAP:
-        qk = hardware_tanh(qk * (sm_scale / softcap)) * (softcap * LOG2E)
-        qk_scale = 1.0
+        qk = hardware_tanh(qk * (sm_scale / softcap))
+        qk_scale = softcap * LOG2E
     if masked_block(start_n, rows, BLOCK_N):
         qk = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, s_layout), qk,
                       float("-inf"))

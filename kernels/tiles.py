@@ -189,10 +189,16 @@ def _tanh(x, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def capped(qk, sm_scale, softcap, SOFTCAP: tl.constexpr):
+    """tanh(s / softcap) of the scores s = qk * sm_scale: softcap * log2(e) times it is the score in the log2 domain."""
+    return _tanh(qk * (sm_scale / softcap), SOFTCAP)
+
+
+@triton.jit
 def logits(qk, qk_scale, sm_scale, softcap, SOFTCAP: tl.constexpr):
     """Scores in the log2 domain, and tanh(s / softcap) for the softcap derivative (0 without softcap)."""
     if SOFTCAP != SOFTCAP_NONE:
-        t = _tanh(qk * (sm_scale / softcap), SOFTCAP)
+        t = capped(qk, sm_scale, softcap, SOFTCAP)
         return t * (softcap * LOG2E), t
     else:
         return qk * qk_scale, 0.0

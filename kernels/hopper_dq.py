@@ -18,9 +18,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _key_range, _loader, _tile,
-                             _tma_load, barriers, hardware_tanh, masked_block, mma_layout, register_operand, row_masks,
-                             visible)
+from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _loader, _tma_load, barriers,
+                             group_tile, hardware_tanh, masked_block, mma_layout, register_operand, row_masks, visible)
 from .tiles import LOG2E
 
 
@@ -49,7 +48,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
               HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
     """One warpgroup: dQ of 64 query rows of the program's tile over its key blocks."""
     q_desc, _, _, do_desc, DQ, Lse, Delta, dq_strides = io
-    H, _, SQ, SKV = shape
+    _, _, SQ, SKV = shape
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, do_smem = bufs
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N)
@@ -57,11 +56,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     ds_layout: gl.constexpr = register_operand(HEAD_DIM)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
 
-    start_m, bh = _tile(gl.program_id(0), shape, tiles[0], tiles[1])
-    b = bh // H
-    h = bh % H
-    n_begin, n_blocks = _key_range(start_m, b, shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
-    start_m += GROUP_ID * ROWS_PER_GROUP
+    bh, b, h, start_m, n_begin, n_blocks = group_tile(gl.program_id(0), shape, tiles, mask, BLOCK_N, CAUSAL,
+                                                      HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUP_ID)
     offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
     dq = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, dq_layout)
     if n_blocks > 0:

@@ -109,6 +109,18 @@ def _key_range(start_m, b, shape, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.conste
 
 
 @gluon.jit
+def group_tile(t, shape, tiles, mask, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
+               HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, GROUP_ID: gl.constexpr):
+    """Tile t as consumer group GROUP_ID works on it: its batch * head row, batch row, head, the group's first query
+    row (its 64 of the tile's 128) and the tile's key blocks (n_begin, n_blocks)."""
+    start_m, bh = _tile(t, shape, tiles[0], tiles[1])
+    H = shape[0]
+    b = bh // H
+    n_begin, n_blocks = _key_range(start_m, b, shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
+    return bh, b, bh % H, start_m + GROUP_ID * ROWS_PER_GROUP, n_begin, n_blocks
+
+
+@gluon.jit
 def padding_range(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
     """Batch b's keys [lo, hi) that a padding mask leaves."""
     if HAS_PADDING:
@@ -245,7 +257,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     """One warpgroup: 64 query rows of each of the program's tiles against their key blocks, its matmuls issued in
     turns with the other group's. The next tile's rows load as soon as this tile's last Q K^T has run."""
     q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
-    H, _, SQ, SKV = shape
+    _, _, SQ, SKV = shape
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N)
@@ -265,11 +277,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     tiles_done = 0
     _load_q(gl.program_id(0), q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
     for t in range(gl.program_id(0), _num_tiles(shape, tiles), gl.num_programs(0)):
-        start_m, bh = _tile(t, shape, tiles[0], tiles[1])
-        b = bh // H
-        h = bh % H
-        n_begin, n_blocks = _key_range(start_m, b, shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
-        start_m += GROUP_ID * ROWS_PER_GROUP
+        bh, b, h, start_m, n_begin, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING,
+                                                          HAS_WINDOW, HAS_DOC, GROUP_ID)
         offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
         acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
         m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)

@@ -293,7 +293,8 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
         _pattern_args(p, q)
     group = H // k.shape[1]
     tiles = cdiv(SQ, 2 * ROWS_PER_GROUP.value) * B * H
-    programs = min(tiles, _multiprocessors(q.device)) if hopper_persistent(p, SKV, group) else tiles
+    persistent = hopper_persistent(p, SKV, group)
+    programs = min(tiles, _multiprocessors(q.device)) if persistent else tiles
     HOPPER_FWD(
         (programs, 1, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep, documents, qk_scale, sm_scale,
         softcap, window, *out.stride()[:3], s_keep, s_doc, H, group, SQ, SKV, B * H, section_heads(k, group, B * H),
@@ -301,7 +302,7 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
         HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
         SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
     _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
-              stages=stages, TMA=True)
+              stages=stages, TMA=True, persistent=persistent)
     return True
 
 

@@ -425,11 +425,14 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, monke
     monkeypatch.setattr(ops, "HOPPER_PERSISTENT", persistent)
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     monkeypatch.setattr(ops, "_multiprocessors", lambda device: 5)
+    announced = []
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: announced.append((kernel, info["persistent"]))])
     q = torch.randn(2, 300, 8, 128, dtype=torch.bfloat16).transpose(1, 2)  # the model's layout
     k, v = (torch.randn(2, 2, 300, 128, dtype=torch.bfloat16) for _ in range(2))
     out, lse = ops.run_forward(q, k, v, dense_pattern(scale=0.125))
     (grid, warps, args), = calls
     assert grid == ((5 if persistent else 3 * 16), 1, 1) and warps == 4
+    assert announced == [("attention_fwd_hopper_kernel", persistent)]
     assert (args["BH"], args["SECTION"]) == (16, 16)  # 300 keys: every head's K and V share the L2 cache
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc")]
     assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128]]

@@ -225,8 +225,9 @@ HOPPER_FORWARD_MIN_KEYS = {128: 2048}
 # (HF_SDPA_HOPPER_PERSISTENT=0, for the A/B of benchmarks/hopper_ab.py). Measured on H100s (NOTES.md entry 23),
 # with GQA: the forward 2-20% faster up to 4096 keys (padding, window and softcap included) and without the causal
 # mask at any length, 3% slower causal from 8192 keys, where tiles differ most in length and the programs' fixed
-# turns balance them worse than the hardware's scheduler; with MHA (every head its own K and V) causal 4-27% slower
-# at head size 256 from 512 to 2048 keys, level to 3% either way without the mask. Elsewhere one program per tile.
+# turns balance them worse than the hardware's scheduler; with MHA (every head its own K and V) causal 10-27% slower
+# at head size 256 from 512 to 2048 keys (-4 to +3% at 128), level to 3% either way without the mask. Elsewhere one
+# program per tile.
 HOPPER_PERSISTENT = os.environ.get("HF_SDPA_HOPPER_PERSISTENT", "1") == "1"
 HOPPER_PERSISTENT_CAUSAL_MAX_KEYS = 4096
 SECTION_BYTES = 16 << 20  # K and V of a section's heads: about a third of Hopper's 50 MB L2 cache
@@ -244,8 +245,8 @@ def section_heads(k, group: int, heads: int) -> int:
     """Query heads per section of the Gluon kernels' tile order (hopper_forward._tile): under GQA as many groups as
     have their K and V (k's length and head size, twice) within SECTION_BYTES, at least one group, at most all
     heads. MHA keeps one head per section, each head's row blocks one after another, the order of one program per
-    (row block, head) before sections: with sections the forward and backward measured no better there, up to 12%
-    slower (benchmarks/NOTES.md entry 23)."""
+    (row block, head) before sections: with sections MHA measured no better, and up to 9% slower forward+backward in
+    a bench on another machine (benchmarks/NOTES.md entry 23)."""
     if group == 1:
         return 1
     kv_bytes = 2 * k.shape[2] * k.shape[3] * k.element_size()

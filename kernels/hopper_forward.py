@@ -134,15 +134,13 @@ def _loader(io, shape, tiles, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.cons
     """One warp: the K and V blocks of the program's tiles, one after another, into their rings; a buffer is refilled
     once both consumers have released it, so the next tile's first blocks load while this tile's last ones are used."""
     _, k_desc, v_desc, _, _, _, _, _ = io
-    H, GROUP, _, _ = shape
-    BH, SECTION = tiles
+    GROUP = shape[1]
     _, k_ring, v_ring, _, k_ready, v_ready, k_empty, v_empty, _ = bufs
     loaded = 0  # the g-th block of the program goes to stage g % STAGES, its (g // STAGES)-th use
     for t in range(gl.program_id(0), _num_tiles(shape, tiles), gl.num_programs(0)):
-        start_m, bh = _tile(t, shape, BH, SECTION)
-        b = bh // H
-        n_begin, n_blocks = _key_range(start_m, b, shape, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)
-        hk = (bh % H) // GROUP
+        bh, b, h, start_m, n_begin, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING,
+                                                          HAS_WINDOW, HAS_DOC, 0)
+        hk = h // GROUP
         for i in range(n_blocks):
             stage = loaded % STAGES
             free = ((loaded // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1

@@ -1,16 +1,18 @@
 """The Gluon forward (kernels/hopper_forward.py) against forward.py and torch's cuDNN and FA2 backends, interleaved.
 
     python benchmarks/hopper_ab.py --out DIR [--cases d128-mha-s8192-causal,...] [--tiles 128:128x2,128:64x2]
-        [--per-tile]
+        [--per-tile] [--fixed-turns]
 
 Per case (tune.py's case names; with padding, a window, softcap or documents no torch
 backend is timed): first each variant's largest
 difference from forward.py's output and, unmasked, from the float32 math result on the case's first batch and
 heads (a wrong kernel is reported, not timed), then the forward alone and forward+backward, the variants taking
 turns round by round (their order rotating, every other round reversed: the GPU's speed drifts by 4-8% within a
-sweep). Variants: 'triton' (forward.py), 'gluon' (ops.HOPPER_FORWARD_TILES, persistent for every case) and one per
---tiles entry (head size:key block x ring stages), with --per-tile 'gluon_per_tile' (one program per tile),
-'sdpa_cudnn', 'sdpa_fa2'; --rounds 0 runs the checks only. Medians in ms, and for unmasked cases TFLOP/s (FlashAttention's count: forward 4*b*h*s*s*d, halved when causal; backward 2.5x forward).
+sweep). Variants: 'triton' (forward.py), 'gluon' (ops.HOPPER_FORWARD_TILES, persistent, its tiles drawn) and one
+per --tiles entry (head size:key block x ring stages), with --per-tile 'gluon_per_tile' (one program per tile), with
+--fixed-turns 'gluon_fixed_turns' (persistent, tile t to program t mod programs), 'sdpa_cudnn', 'sdpa_fa2'; --rounds
+0 runs the checks only. Medians in ms, and for unmasked cases TFLOP/s (FlashAttention's count: forward 4*b*h*s*s*d,
+halved when causal; backward 2.5x forward).
 Writes hopper_ab.json and hopper_ab.md. This decided which head sizes ops.HOPPER_FORWARD_TILES sends to the Gluon
 forward (benchmarks/NOTES.md entry 14); a head size left out runs only as a --tiles variant.
 """
@@ -33,23 +35,27 @@ DEFAULT_CASES = ("d128-mha-s8192-causal,d128-mha-s8192-full,d128-gqa-s16384-caus
                  "d128-gqa-s4096-causal-b4-cap50,d128-gqa-s8192-causal-b1-doc1024")
 TORCH = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_fa2": SDPBackend.FLASH_ATTENTION}
 PER_TILE = "gluon_per_tile"  # the Gluon forward with one program per tile (ops.HOPPER_PERSISTENT off)
+FIXED_TURNS = "gluon_fixed_turns"  # persistent, its tiles in fixed turns (ops.HOPPER_DYNAMIC off)
 
 
 @contextlib.contextmanager
 def variant(name, d):
-    """ops as the variant runs: the Gluon forward on (at every key length, persistent but for PER_TILE) or off, and
-    its tiles for head size d."""
-    saved = ops.HOPPER_FORWARD, dict(ops.HOPPER_FORWARD_TILES), ops.HOPPER_FORWARD_MIN_KEYS, ops.hopper_persistent
+    """ops as the variant runs: the Gluon forward on (at every key length, persistent but for PER_TILE, its tiles
+    drawn but for FIXED_TURNS) or off, and its tiles for head size d."""
+    saved = (ops.HOPPER_FORWARD, dict(ops.HOPPER_FORWARD_TILES), ops.HOPPER_FORWARD_MIN_KEYS, ops.HOPPER_PERSISTENT,
+             ops.HOPPER_DYNAMIC)
     ops.HOPPER_FORWARD = name.startswith("gluon")
     ops.HOPPER_FORWARD_MIN_KEYS = {}
-    ops.hopper_persistent = lambda *args, persistent=name != PER_TILE: persistent
-    if name.startswith("gluon_") and name != PER_TILE:
+    ops.HOPPER_PERSISTENT = name != PER_TILE
+    ops.HOPPER_DYNAMIC = name != FIXED_TURNS
+    if name.startswith("gluon_") and name not in (PER_TILE, FIXED_TURNS):
         block_n, stages = map(int, name.removeprefix("gluon_").split("x"))
         ops.HOPPER_FORWARD_TILES[d] = (block_n, stages)
     try:
         yield
     finally:
-        ops.HOPPER_FORWARD, ops.HOPPER_FORWARD_TILES, ops.HOPPER_FORWARD_MIN_KEYS, ops.hopper_persistent = saved
+        (ops.HOPPER_FORWARD, ops.HOPPER_FORWARD_TILES, ops.HOPPER_FORWARD_MIN_KEYS, ops.HOPPER_PERSISTENT,
+         ops.HOPPER_DYNAMIC) = saved
 
 
 def runs(name, case, fwd, fwd_bwd, q, k, v, dout):
@@ -110,12 +116,12 @@ def flops(case):
     return fwd, 3.5 * fwd
 
 
-def measure(case_name, extra_tiles, rounds, per_tile=False):
+def measure(case_name, extra_tiles, rounds, per_tile=False, fixed_turns=False):
     """One case: the checks, then (rounds > 0) the timings of the variants that passed them and torch's."""
     case = parse_case(case_name)
     fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
     gluons = ["gluon"] + [f"gluon_{tiles}" for d, tiles in extra_tiles if int(d) == case["d"]]
-    gluons += [PER_TILE] if per_tile else []
+    gluons += [PER_TILE] * per_tile + [FIXED_TURNS] * fixed_turns
     result = dict(case=case_name, checks=check(case, fwd, q, k, v, gluons), fwd_ms={}, fwd_bwd_ms={})
     names = ["triton"] + [g for g in gluons if correct(result["checks"][g])]
     names += [] if masked(case) else list(TORCH)  # sdpa_fa2 refuses masks, sdpa_cudnn takes them as a bias
@@ -217,8 +223,11 @@ def run_cases(a, measure_case, stem: str, markdown_of):
 def main():
     p = ab_arguments(DEFAULT_CASES, "key")
     p.add_argument("--per-tile", action="store_true", help=f"also {PER_TILE}: one program per tile, not persistent")
+    p.add_argument("--fixed-turns", action="store_true",
+                   help=f"also {FIXED_TURNS}: persistent, tile t to program t mod programs")
     a = p.parse_args()
-    run_cases(a, lambda case_name, extra: measure(case_name, extra, a.rounds, a.per_tile), "hopper_ab", markdown)
+    run_cases(a, lambda case_name, extra: measure(case_name, extra, a.rounds, a.per_tile, a.fixed_turns),
+              "hopper_ab", markdown)
 
 
 if __name__ == "__main__":

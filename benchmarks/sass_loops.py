@@ -68,14 +68,15 @@ def compile_for_gpu(name: str, num_warps: int = 4, num_stages: int = 3, capabili
 
 def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int = 2, causal: bool = True,
                            dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False,
-                           documents: bool = False):
-    """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it."""
+                           documents: bool = False, dynamic: bool = True):
+    """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it (dynamic: drawing its tiles,
+    as a persistent launch does; otherwise taking fixed turns, as one program per tile does)."""
     from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel
 
     rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
     return _compile_gluon(attention_fwd_hopper_kernel, rows, head_dim, dtype,
                           dict(BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
-                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap))
+                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap, DYNAMIC=dynamic))
 
 
 def compile_hopper_backward(head_dim: int = 128, block_m: int = 64, stages: int = 2, causal: bool = True,
@@ -110,7 +111,7 @@ def compile_hopper_dq(head_dim: int = 128, block_n: int = 64, stages: int = 2, c
 # the Gluon kernels' pointer and float arguments; every other one is an int32
 GLUON_ARGS = {"O": "*{dtype}", "DQ": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
               "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8", "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32",
-              "sm_scale": "fp32", "softcap": "fp32"}
+              "sm_scale": "fp32", "softcap": "fp32", "Tickets": "*i32"}
 # The mask tensors that ops passes as Q (never read) where the flag is off, as a launch types them
 UNUSED_WITHOUT = {"KvLo": "HAS_PADDING", "KvHi": "HAS_PADDING", "Holes": "HAS_HOLES", "KeyKeep": "HAS_HOLES",
                   "DocStart": "HAS_DOC"}
@@ -230,12 +231,14 @@ def main():
     parser.add_argument("--masks", action="store_true",
                         help="with padding ranges, a window and softcap (hopper_*: and packed documents)")
     parser.add_argument("--fused-dq", action="store_true", help="hopper_backward: the variant that also writes dQ")
+    parser.add_argument("--fixed-turns", action="store_true",
+                        help="hopper_forward: tiles in fixed turns (one program per tile) instead of drawn")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     if args.kernel == "hopper_forward":  # 128 rows in two consumer groups, a loader warp
         compiled = compile_hopper_forward(args.head_dim, args.block_n, args.stages, causal=not args.full,
                                           padding=args.masks, window=args.masks, softcap=args.masks,
-                                          documents=args.masks)
+                                          documents=args.masks, dynamic=not args.fixed_turns)
     elif args.kernel == "hopper_dq":  # 128 rows in two consumer groups, a loader warp
         compiled = compile_hopper_dq(args.head_dim, args.block_n, args.stages, causal=not args.full,
                                      padding=args.masks, window=args.masks, softcap=args.masks, documents=args.masks)

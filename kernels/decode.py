@@ -4,8 +4,9 @@ One query block cannot keep a GPU busy when there are only batch * heads of them
 bound by reading the cache. So the cache is cut into chunks: one program per (chunk, batch * kv head) reads
 its chunk once for every query head of the GQA group at the same time (the group's rows are packed into
 one block), and writes a partial result with its log-sum-exp. The last program of a (batch, kv head) to
-finish, counted with an atomic, merges the chunks: one launch per step, since a decode step called eagerly
-is bound by the host's launch time. Forward only: a step that needs gradients takes the regular kernel.
+finish, counted with an atomic, merges the chunks and sets the count back to zero for the next launch (so that
+a call needs no memset of the counts): one launch per step, since a decode step called eagerly is bound by the
+host's launch time. Forward only: a step that needs gradients takes the regular kernel.
 """
 import triton
 import triton.language as tl
@@ -72,6 +73,7 @@ def attention_decode_kernel(
     if tl.atomic_add(Arrived + bhk, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
         _merge_chunks(OPart, LsePart, O, stride_ob, stride_oh, stride_om, b, hk, bhk, GROUP, SQ, tl.num_programs(0),
                       HEAD_DIM, BLOCK_D, BLOCK_M)
+        tl.store(Arrived + bhk, 0)  # every chunk has counted: the next launch finds zero (ops.counters)
 
 
 @triton.jit

@@ -144,5 +144,5 @@ def attention_bwd_dq_hopper_kernel(
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
-        (_loader, (io, shape, tiles, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+        (_loader, (io, shape, tiles, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, False)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])

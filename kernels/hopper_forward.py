@@ -2,9 +2,9 @@
 
 Triton's `tl.dot` cannot say which warps run the matmuls while others run the softmax: two programs per SM interleave
 as the warp schedulers happen to pick them (benchmarks/NOTES.md entries 4 and 8). Gluon, Triton's lower-level
-language, writes the schedule out. A tile is 128 query rows of one head; a program takes tiles p, p + programs, ...
-one after another (one tile each, or persistent: one program per SM, where ops.py found that faster) and runs three
-partitions:
+language, writes the schedule out. A tile is 128 query rows of one head; a program takes tiles one after another
+(persistent: one program per SM, each drawing its next tile from a shared counter when it is done with the last;
+or one tile each) and runs three partitions:
 
 - a loader warp streams K and V blocks into rings of STAGES shared-memory buffers through TMA. A K buffer is
   released once both groups' S = Q K^T has run, a V buffer once their O += P V has, so the next K block loads
@@ -17,7 +17,9 @@ partitions:
 A program of 9 warps at up to 240 registers fills an SM, so with one program per tile every tile paid for its
 program's start, its first loads and its stores with idle tensor cores (short sequences: 4 key blocks a tile at 512
 tokens). Persistent, the loader fetches the next tile's blocks while the consumers finish this one, and each group
-loads its next rows as soon as its last Q K^T has run.
+loads its next rows as soon as its last Q K^T has run. Tiles drawn in order (heaviest causal rows first) keep the
+programs' work even where fixed turns (tile t to program t mod programs) would not: with MHA a program's turns
+fall on the same few row blocks of every head (benchmarks/NOTES.md entry 25).
 
 Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256 (ops sends 128 and 256,
 where it measured faster: benchmarks/NOTES.md entry 14), causal (aligned to the last key) or not, GQA, a positive
@@ -130,14 +132,18 @@ def padding_range(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
 
 @gluon.jit
 def _loader(io, shape, tiles, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr):
+            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, DYNAMIC: gl.constexpr):
     """One warp: the K and V blocks of the program's tiles, one after another, into their rings; a buffer is refilled
-    once both consumers have released it, so the next tile's first blocks load while this tile's last ones are used."""
+    once both consumers have released it, so the next tile's first blocks load while this tile's last ones are used.
+    It draws the program's next tile once this one's loads are issued (_draw_tile)."""
     _, k_desc, v_desc, _, _, _, _, _ = io
     GROUP = shape[1]
     _, k_ring, v_ring, _, k_ready, v_ready, k_empty, v_empty, _ = bufs
     loaded = 0  # the g-th block of the program goes to stage g % STAGES, its (g // STAGES)-th use
-    for t in range(gl.program_id(0), _num_tiles(shape, tiles), gl.num_programs(0)):
+    num_tiles = _num_tiles(shape, tiles)
+    t = gl.program_id(0)
+    drawn = 0
+    while t < num_tiles:
         bh, b, h, start_m, n_begin, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING,
                                                           HAS_WINDOW, HAS_DOC, 0)
         hk = h // GROUP
@@ -150,6 +156,52 @@ def _loader(io, shape, tiles, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.cons
             mbarrier.wait(v_empty.index(stage), free)
             load_block(v_desc, b, hk, start_n, v_ready.index(stage), v_ring.index(stage))
             loaded += 1
+        t = _draw_tile(t, tiles, drawn, DYNAMIC)
+        drawn += 1
+    if DYNAMIC:
+        _retire(tiles)
+
+
+@gluon.jit
+def _draw_tile(t, tiles, drawn, DYNAMIC: gl.constexpr):
+    """The loader's next tile after t, its drawn-th since the program's first (tile program_id). Fixed turns: t +
+    programs. DYNAMIC: programs + the next ticket of a counter in global memory that every program draws from, so
+    that a program takes the next tile in _tile's order when its loader is done with the last one: the heaviest tiles
+    go first and the lightest fill the gaps (the hardware's scheduler does the same for one program per tile). The
+    ticket goes to the consumer groups through two slots of the program's own (a slot is written once both groups
+    read what it held: _take_tile)."""
+    if DYNAMIC:
+        _, _, counter, ready, taken = tiles
+        t = gl.num_programs(0) + gl.atomic_add(counter, 1)
+        slot = drawn % 2
+        mbarrier.wait(taken.index(slot), ((drawn // 2) & 1) ^ 1)  # a fresh barrier passes parity 1
+        gl.store(counter + 2 + 2 * gl.program_id(0) + slot, t)
+        mbarrier.arrive(ready.index(slot), count=1)
+        return t
+    return t + gl.num_programs(0)
+
+
+@gluon.jit
+def _take_tile(t, tiles, taken_count, DYNAMIC: gl.constexpr):
+    """A consumer group's next tile after t, the taken_count-th since the program's first: what _draw_tile drew."""
+    if DYNAMIC:
+        _, _, counter, ready, taken = tiles
+        slot = taken_count % 2
+        mbarrier.wait(ready.index(slot), (taken_count // 2) & 1)
+        t = gl.load(counter + 2 + 2 * gl.program_id(0) + slot, volatile=True)
+        mbarrier.arrive(taken.index(slot), count=1)
+        return t
+    return t + gl.num_programs(0)
+
+
+@gluon.jit
+def _retire(tiles):
+    """The loader after its last ticket: the last program's resets the counter (and the count of programs done) to
+    zero, so that the next launch on the stream finds them so without a memset of its own."""
+    counter = tiles[2]
+    if gl.atomic_add(counter + 1, 1) == gl.num_programs(0) - 1:
+        gl.store(counter, 0)
+        gl.store(counter + 1, 0)
 
 
 @gluon.jit
@@ -251,7 +303,8 @@ def _load_q(t, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID: gl.constexpr):
 @gluon.jit
 def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
               STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr,
-              HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
+              HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, DYNAMIC: gl.constexpr,
+              GROUP_ID: gl.constexpr):
     """One warpgroup: 64 query rows of each of the program's tiles against their key blocks, its matmuls issued in
     turns with the other group's. The next tile's rows load as soon as this tile's last Q K^T has run."""
     q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
@@ -273,8 +326,10 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     used = 0  # key blocks the program has consumed: block g sits in stage g % STAGES, its (g // STAGES)-th use
     turns = 0  # turns this group has taken
     tiles_done = 0
-    _load_q(gl.program_id(0), q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
-    for t in range(gl.program_id(0), _num_tiles(shape, tiles), gl.num_programs(0)):
+    num_tiles = _num_tiles(shape, tiles)
+    t = gl.program_id(0)
+    _load_q(t, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+    while t < num_tiles:
         bh, b, h, start_m, n_begin, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING,
                                                           HAS_WINDOW, HAS_DOC, GROUP_ID)
         offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
@@ -332,7 +387,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                 p_op = p_next
 
             # Every Q K^T of this tile has run: the next tile's rows load while its last P V and the stores run.
-            _load_q(t + gl.num_programs(0), q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+            t_next = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
+            _load_q(t_next, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
             last = (used + n_blocks - 1) % STAGES
             mbarrier.wait(my_turn, (turns + n_blocks) & 1)
             acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
@@ -344,7 +400,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
             used += n_blocks
             turns += n_blocks + 1
         else:
-            _load_q(t + gl.num_programs(0), q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+            t_next = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
+            _load_q(t_next, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
 
         # A row that saw no key (all padding, or above the diagonal when there are more rows than keys): zeros, and
         # an LSE of +inf, as forward.py writes them.
@@ -357,16 +414,17 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
         gl.store(o_ptrs, out.to(dtype), mask=rows_out[:, None] < SQ)
         lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
         gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, lse, mask=offs_m < SQ)
+        t = t_next
 
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
         q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, Holes, KeyKeep, DocStart, qk_scale, sm_scale, softcap, window,
         stride_ob, stride_oh, stride_om, stride_keep_b, stride_doc_b,
-        H, GROUP, SQ, SKV, BH, SECTION,
+        H, GROUP, SQ, SKV, BH, SECTION, Tickets,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
-        SOFTCAP: gl.constexpr):
+        SOFTCAP: gl.constexpr, DYNAMIC: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); Holes (B,)
@@ -374,8 +432,9 @@ def attention_fwd_hopper_kernel(
     (read with HAS_HOLES); window the sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows
     stride_doc_b apart, each row's packed document start (with HAS_DOC); qk_scale the scale times log2(e),
     sm_scale the scale, softcap the cap (read with SOFTCAP); BH = B * H; SECTION the heads of a section (_tile).
-    Grid (programs,): program p takes tiles p, p + programs, ... of the cdiv(SQ, 128) * BH, so a grid of one program
-    per multiprocessor keeps every program resident and its loader streaming from one tile into the next."""
+    Grid (programs,): program p takes tile p of the cdiv(SQ, 128) * BH, then p + programs, ... or, DYNAMIC, the
+    tiles it draws (_draw_tile) from Tickets, int32 (2 + 2 * programs,) that starts and ends as zeros; a grid of one
+    program per multiprocessor keeps every program resident and its loader streaming from one tile into the next."""
     # A group reads block j's K and block j - 1's V at once: with one stage the loads and the matmuls would take
     # turns.
     gl.static_assert(STAGES >= 2, "the K and V rings need at least two stages")
@@ -395,14 +454,18 @@ def attention_fwd_hopper_kernel(
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)
-    tiles = (BH, SECTION)
+    if DYNAMIC:  # a drawn tile's two slots: written (count 1), read by both groups (count 2)
+        tiles = (BH, SECTION, Tickets, barriers(2, 1), barriers(2, 2))
+    else:
+        tiles = (BH, SECTION)
     bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn)
     gl.warp_specialize([
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
-                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
+                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DYNAMIC, 0)),
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
-                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
-        (_loader, (io, shape, tiles, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC)),
+                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DYNAMIC, 1)),
+        (_loader, (io, shape, tiles, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,
+                   DYNAMIC)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 

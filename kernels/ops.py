@@ -15,7 +15,7 @@ from .config import (LaunchConfig, candidates, cdiv, decode_config, decode_split
                      dq_config, forward_config, head_block, interpreting, key_reach, smaller)
 from .decode import attention_decode_kernel
 from .forward import attention_fwd_kernel
-from .launch import Launcher, TensorDescriptor, unchecked_descriptor, unchecked_gluon_descriptor
+from .launch import Launcher, TensorDescriptor, current_stream, unchecked_descriptor, unchecked_gluon_descriptor
 from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_mask_kernel
 
 try:  # Gluon's Hopper language (Triton 3.6 and later)
@@ -120,6 +120,24 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+_COUNTERS = {}  # (device index, stream, use) -> int32 counters that every launch leaves at zero
+
+
+def counters(device: torch.device, n: int, use: str) -> torch.Tensor:
+    """At least n int32 zeros for a kernel that leaves them zeros (its last program resets the counters it used):
+    kept per device, stream and use, so that a call needs neither a memset kernel nor torch.zeros' host time. On
+    the CPU (the interpreter), and while a CUDA graph is being captured, fresh zeros: a captured graph gets counters
+    of its own (and a memset in it), never shared with eager calls or another graph's replays."""
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return torch.zeros(n, dtype=torch.int32, device=device)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    key = (index, current_stream(index), use)
+    found = _COUNTERS.get(key)
+    if found is None or found.numel() < n:
+        found = _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return found
+
+
 def _tma_strides(t: torch.Tensor):
     """t's (B, heads, seq, D) strides as TMA takes them, or None where TMA cannot address t (it needs a 16-byte
     aligned base and strides)."""
@@ -216,29 +234,23 @@ def _on_tensor_device(run):
 # The Gluon forward (hopper_forward.py) on Hopper, for what its docstring lists (HF_SDPA_HOPPER_FORWARD=0 turns it
 # off). Per head size, its key block and ring depth: 128 and 256, where it measured 6-21% faster than forward.py
 # (benchmarks/hopper_ab.py, NOTES.md entry 14); at 64 forward.py stays, 4-8% faster. HOPPER_FORWARD_MIN_KEYS: the
-# key length from which it pays per head size; below, forward.py's lighter programs win (head size 128: 6% at 1024
-# keys, 7-14% at 512; head size 256 wins at 512 too).
+# key length from which it pays per head size; below, forward.py's lighter programs win (head size 128, persistent
+# with drawn tiles: 4% faster than forward.py at 1024 keys under GQA, 9% slower at 512 with MHA, NOTES.md entry 25;
+# head size 256 wins at 512 too).
 HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "1") == "1"
 HOPPER_FORWARD_TILES = {128: (128, 2), 256: (64, 2)}
-HOPPER_FORWARD_MIN_KEYS = {128: 2048}
-# Persistent: one program per multiprocessor walks the tiles (hopper_forward.py); off, one program per tile
-# (HF_SDPA_HOPPER_PERSISTENT=0, for the A/B of benchmarks/hopper_ab.py). Measured on H100s (NOTES.md entry 23),
-# with GQA: the forward 2-20% faster up to 4096 keys (padding, window and softcap included) and without the causal
-# mask at any length, 3% slower causal from 8192 keys, where tiles differ most in length and the programs' fixed
-# turns balance them worse than the hardware's scheduler; with MHA (every head its own K and V) causal 10-27% slower
-# at head size 256 from 512 to 2048 keys (-4 to +3% at 128), level to 3% either way without the mask. Elsewhere one
-# program per tile.
+HOPPER_FORWARD_MIN_KEYS = {128: 1024}
+# Persistent: one program per multiprocessor walks the tiles (hopper_forward.py), each drawing its next tile from a
+# counter when its loader is done with the last one (hopper_forward._draw_tile); HF_SDPA_HOPPER_PERSISTENT=0 launches
+# one program per tile, HF_SDPA_HOPPER_DYNAMIC=0 hands tile t to program t mod programs (fixed turns), both for the
+# A/B of benchmarks/hopper_ab.py. Measured on an H100 (NOTES.md entries 23 and 25): drawn, the forward ran 1-18%
+# faster than one program per tile at every case but one (d256 MHA 8k without the mask, 1% slower) and about as
+# fast as fixed turns under GQA up to 4096 keys (within 2%, one run 5% slower); fixed turns had lost 5-27% to one
+# program per tile with MHA and 3-7% with long causal tiles, where they balance the programs' work worse than the
+# hardware's scheduler.
 HOPPER_PERSISTENT = os.environ.get("HF_SDPA_HOPPER_PERSISTENT", "1") == "1"
-HOPPER_PERSISTENT_CAUSAL_MAX_KEYS = 4096
+HOPPER_DYNAMIC = os.environ.get("HF_SDPA_HOPPER_DYNAMIC", "1") == "1"
 SECTION_BYTES = 16 << 20  # K and V of a section's heads: about a third of Hopper's 50 MB L2 cache
-
-
-def hopper_persistent(p: Pattern, kv_len: int, group: int) -> bool:
-    """Whether the Gluon forward runs persistent: under GQA (group query heads per K/V head, more than one), causal
-    tiles of up to HOPPER_PERSISTENT_CAUSAL_MAX_KEYS keys (a window or packed documents bound them), or any length
-    without the causal mask."""
-    reach = key_reach(kv_len, 128, p.window, p.longest_document)
-    return HOPPER_PERSISTENT and group > 1 and (not p.causal or reach <= HOPPER_PERSISTENT_CAUSAL_MAX_KEYS)
 
 
 def section_heads(k, group: int, heads: int) -> int:
@@ -294,16 +306,18 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
         _pattern_args(p, q)
     group = H // k.shape[1]
     tiles = cdiv(SQ, 2 * ROWS_PER_GROUP.value) * B * H
-    persistent = hopper_persistent(p, SKV, group)
-    programs = min(tiles, _multiprocessors(q.device)) if persistent else tiles
+    programs = min(tiles, _multiprocessors(q.device)) if HOPPER_PERSISTENT else tiles
+    dynamic = HOPPER_DYNAMIC and programs < tiles
+    # the tickets (hopper_forward._draw_tile): a counter, the count of loaders done, two slots per program
+    tickets = counters(q.device, 2 + 2 * programs, "tickets") if dynamic else lse  # lse: unread without DYNAMIC
     HOPPER_FWD(
         (programs, 1, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep, documents, qk_scale, sm_scale,
         softcap, window, *out.stride()[:3], s_keep, s_doc, H, group, SQ, SKV, B * H, section_heads(k, group, B * H),
-        HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
-        HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
-        SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, num_warps=4)
+        tickets, HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"],
+        HAS_PADDING=flags["HAS_PADDING"], HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"],
+        HAS_DOC=flags["HAS_DOC"], SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, DYNAMIC=dynamic, num_warps=4)
     _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
-              stages=stages, TMA=True, persistent=persistent)
+              stages=stages, TMA=True, persistent=programs < tiles, dynamic=dynamic)
     return True
 
 
@@ -506,7 +520,7 @@ def _launch_decode(plan: DecodePlan, q, k, v, out, args) -> tuple:
     splits = cdiv(SKV, chunk)
     o_part = torch.empty(B * HK, splits, cfg.block_m, plan.kwargs["BLOCK_D"], dtype=torch.float32, device=q.device)
     lse_part = torch.empty(B * HK, splits, cfg.block_m, dtype=torch.float32, device=q.device)
-    arrived = torch.zeros(B * HK, dtype=torch.int32, device=q.device)
+    arrived = counters(q.device, B * HK, "decode")
     k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, plan.kwargs["BLOCK_D"])
     DECODE((splits, B * HK, 1), q, k_arg, v_arg, out, o_part, lse_part, arrived, kv_lo, kv_hi, holes, key_keep,
            qk_scale, sm_scale, softcap, window, chunk, *_strides(q, k, v, out), s_keep, HK, H // HK, SQ, SKV, TMA=tma,

@@ -377,10 +377,11 @@ def test_the_gluon_forward_scope(changes, shapes, fits):
     assert ops.hopper_forward_fits(q, k, dense_pattern(**changes)) == fits
 
 
-@pytest.mark.parametrize("head_dim, kv_len, pays", [(128, 4096, True), (128, 2048, True), (128, 1024, False),
-                                                   (256, 512, True), (64, 8192, False)])
+@pytest.mark.parametrize("head_dim, kv_len, pays", [(128, 4096, True), (128, 1024, True), (128, 1023, False),
+                                                   (128, 512, False), (256, 512, True), (64, 8192, False)])
 def test_the_gluon_forward_runs_where_it_measured_faster(head_dim, kv_len, pays):
-    """ops.hopper_forward_pays: head sizes 128 (from 2048 keys) and 256, as benchmarks/NOTES.md entry 14 measured."""
+    """ops.hopper_forward_pays: head sizes 128 (from 1024 keys) and 256, as benchmarks/NOTES.md entries 14 and 25
+    measured."""
     assert ops.hopper_forward_pays(head_dim, kv_len) == pays
 
 
@@ -415,8 +416,8 @@ def stub_launches(monkeypatch, launcher) -> list:
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per_tile"])
 def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, monkeypatch):
     """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K and V and passes each of the
-    kernel's parameters, in order, with a grid of one program per multiprocessor (persistent; at most one per
-    tile) or one per 128-row tile of each batch row and head."""
+    kernel's parameters, in order, with a grid of one program per multiprocessor (persistent, drawing tiles from the
+    stream's tickets; at most one per tile) or one per 128-row tile of each batch row and head."""
     if ops.HOPPER_FWD is None:
         pytest.skip("this Triton has no Gluon Hopper language")
     calls = stub_launches(monkeypatch, ops.HOPPER_FWD)
@@ -425,14 +426,18 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, monke
     monkeypatch.setattr(ops, "HOPPER_PERSISTENT", persistent)
     monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     monkeypatch.setattr(ops, "_multiprocessors", lambda device: 5)
+    tickets = torch.zeros(2 + 2 * 5, dtype=torch.int32)
+    monkeypatch.setattr(ops, "counters", lambda device, n, use: tickets if (n, use) == (2 + 2 * 5, "tickets") else None)
     announced = []
-    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: announced.append((kernel, info["persistent"]))])
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [
+        lambda kernel, info: announced.append((kernel, info["persistent"], info["dynamic"]))])
     q = torch.randn(2, 300, 8, 128, dtype=torch.bfloat16).transpose(1, 2)  # the model's layout
     k, v = (torch.randn(2, 2, 300, 128, dtype=torch.bfloat16) for _ in range(2))
     out, lse = ops.run_forward(q, k, v, dense_pattern(scale=0.125))
     (grid, warps, args), = calls
     assert grid == ((5 if persistent else 3 * 16), 1, 1) and warps == 4
-    assert announced == [("attention_fwd_hopper_kernel", persistent)]
+    assert announced == [("attention_fwd_hopper_kernel", persistent, persistent)]
+    assert args["DYNAMIC"] == persistent and (args["Tickets"] is tickets) == persistent
     assert (args["BH"], args["SECTION"]) == (16, 16)  # 300 keys: every head's K and V share the L2 cache
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc")]
     assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128]]
@@ -598,19 +603,8 @@ def test_a_section_holds_the_heads_whose_keys_and_values_share_the_l2_cache():
     assert ops.section_heads(k, group=1, heads=256) == 1
 
 
-@pytest.mark.parametrize("causal, kv_len, group, changes, persistent", [
-    (True, 4096, 4, {}, True), (True, 4097, 4, {}, False), (False, 1 << 16, 4, {}, True),
-    (True, 1 << 16, 4, dict(window=1024), True), (True, 1 << 16, 8, dict(longest_document=4096), True),
-    (True, 512, 1, {}, False), (False, 512, 1, {}, False)])
-def test_the_gluon_forward_is_persistent_under_gqa_unless_causal_tiles_are_long(causal, kv_len, group, changes,
-                                                                                 persistent):
-    """ops.hopper_persistent: one program per multiprocessor under GQA, except for causal attention over more than
-    HOPPER_PERSISTENT_CAUSAL_MAX_KEYS keys that no window or document bounds; one per tile for MHA
-    (benchmarks/NOTES.md entry 23)."""
-    assert ops.hopper_persistent(dense_pattern(causal=causal, **changes), kv_len, group) == persistent
-
-
 @pytest.mark.gpu
+@pytest.mark.parametrize("dynamic", [True, False], ids=["drawn", "fixed_turns"])
 @pytest.mark.parametrize("programs, section_bytes", [(1, None), (3, 1), (7, 3 * 2 * 1000 * 128 * 2)],
                          ids=["one_program", "sections_of_a_group", "uneven_sections"])
 @pytest.mark.parametrize("case", [(2, 4, 2, 1000, 1000, 128, dict(causal=True, padding="left")),
@@ -618,23 +612,30 @@ def test_the_gluon_forward_is_persistent_under_gqa_unless_causal_tiles_are_long(
                                   (1, 6, 2, 300, 1000, 256, dict(causal=True)),
                                   (2, 4, 2, 700, 300, 128, dict())],
                          ids=lambda c: "-".join(map(str, c[:6])) + "-" + ",".join(c[6]))
-def test_gpu_gluon_forward_walks_many_tiles_per_program(case, programs, section_bytes, monkeypatch):
+def test_gpu_gluon_forward_walks_many_tiles_per_program(case, programs, section_bytes, dynamic, monkeypatch):
     """The persistent Gluon forward with fewer programs than tiles, so that each program's partitions carry their
-    ring and turn phases across tiles of different lengths (empty ones too); sections of a GQA group, and of three
-    groups over eight heads (the last section short)."""
+    ring and turn phases across tiles of different lengths (empty ones too), the tiles drawn from the stream's
+    tickets or taken in fixed turns; sections of a GQA group, and of three groups over eight heads (the last section
+    short). Drawn, a launch leaves the tickets' counters at zero, so that the second case on the stream is right as
+    well."""
     if ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
-    monkeypatch.setattr(ops, "hopper_persistent", lambda *args: True)
+    monkeypatch.setattr(ops, "HOPPER_PERSISTENT", True)
+    monkeypatch.setattr(ops, "HOPPER_DYNAMIC", dynamic)
     monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})
     monkeypatch.setattr(ops, "_multiprocessors", lambda device: programs)
+    monkeypatch.setattr(ops, "_COUNTERS", {})
     if section_bytes is not None:
         monkeypatch.setattr(ops, "SECTION_BYTES", section_bytes)
     ran = []
-    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append((kernel, info.get("dynamic")))])
     b, h, hk, sq, skv, d, options = case
-    run_case(b, h, hk, sq, skv, d, torch.bfloat16, **options)
-    assert ran[0] == "attention_fwd_hopper_kernel", ran
+    for _ in range(2):
+        run_case(b, h, hk, sq, skv, d, torch.bfloat16, **options)
+    assert [r for r in ran if r[0] == "attention_fwd_hopper_kernel"] == [("attention_fwd_hopper_kernel", dynamic)] * 2
+    tickets = [t for (_, _, use), t in ops._COUNTERS.items() if use == "tickets"]
+    assert len(tickets) == dynamic and all(t[:2].tolist() == [0, 0] for t in tickets)
 
 
 # The Gluon dK/dV kernel's head sizes: the forward's cases (at 256 its groups split the gradients), a few at 64, and
@@ -716,6 +717,41 @@ def test_split_kv_decode(case, dtype):
     assert_within("out", out, ref, low, dtype)
     if pad is not None:
         assert (out[-1] == 0).all()
+
+
+def test_decode_leaves_its_arrival_counts_at_zero_for_the_next_call(monkeypatch):
+    """The chunks of a (batch, kv head) count their arrivals; the last one merges and sets the count back to zero, so
+    that calls on one stream share one buffer of counts (ops.counters) without a memset: calls of different shapes
+    through one held buffer, each against the reference, leave it zeros."""
+    held = torch.zeros(64, dtype=torch.int32, device=DEVICE)
+    monkeypatch.setattr(ops, "counters", lambda device, n, use: held)
+    for b, h, hk, skv in [(2, 8, 2, 257), (3, 4, 4, 100), (1, 4, 1, 600)]:
+        q = torch.randn(b, h, 1, 32, device=DEVICE, dtype=torch.float16)
+        k, v = (torch.randn(b, hk, skv, 32, device=DEVICE, dtype=torch.float16) for _ in range(2))
+        out = attention(q, k, v, causal=True, split_kv=True)
+        keep = pattern_mask(b, 1, skv, causal=True, device=DEVICE)
+        assert_within("out", out, attention_ref(q, k, v, keep), attention_ref(q, k, v, keep, dtype=q.dtype), q.dtype)
+        assert (held == 0).all(), held
+
+
+def test_counters_are_fresh_zeros_off_the_gpu(monkeypatch):
+    """ops.counters on the CPU (the interpreter): fresh zeros a call, never a buffer kept between calls."""
+    monkeypatch.setattr(ops, "_COUNTERS", {})
+    first, second = (ops.counters(torch.device("cpu"), 5, "decode") for _ in range(2))
+    assert first.tolist() == [0] * 5 and first.data_ptr() != second.data_ptr() and not ops._COUNTERS
+
+
+@pytest.mark.gpu
+def test_gpu_counters_are_kept_per_stream_and_grow(monkeypatch):
+    """ops.counters on a GPU: one buffer per stream and use, zeros, replaced by a larger one when a call needs more."""
+    monkeypatch.setattr(ops, "_COUNTERS", {})
+    device = torch.device(DEVICE)  # no index: the current GPU's
+    a = ops.counters(device, 8, "test")
+    assert ops.counters(device, 8, "test") is a and ops.counters(device, 4, "test") is a and (a == 0).all()
+    assert ops.counters(device, 8, "other") is not a
+    with torch.cuda.stream(torch.cuda.Stream()):
+        assert ops.counters(device, 8, "test") is not a
+    assert ops.counters(device, 9, "test").numel() == 9
 
 
 def test_decode_path_is_chosen_for_a_long_cache_without_gradients():

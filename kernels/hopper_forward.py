@@ -292,12 +292,15 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
 
 
 @gluon.jit
-def _load_q(t, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID: gl.constexpr):
-    """This group's 64 rows of tile t into q_buf, where the program has a tile t."""
+def _load_q(t, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, GROUP_ID: gl.constexpr):
+    """This group's 64 rows of tile t into q_buf, where the program has a tile t and it sees some key (a tile of
+    padding queries writes zeros without Q: a padded batch has many)."""
     if t < _num_tiles(shape, tiles):
-        start_m, bh = _tile(t, shape, tiles[0], tiles[1])
-        H = shape[0]
-        load_block(q_desc, bh // H, bh % H, start_m + GROUP_ID * ROWS_PER_GROUP, q_bar, q_buf)
+        _, b, h, start_m, _, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                                                   HAS_DOC, GROUP_ID)
+        if n_blocks > 0:
+            load_block(q_desc, b, h, start_m, q_bar, q_buf)
 
 
 @gluon.jit
@@ -326,9 +329,10 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     used = 0  # key blocks the program has consumed: block g sits in stage g % STAGES, its (g // STAGES)-th use
     turns = 0  # turns this group has taken
     tiles_done = 0
+    q_loads = 0  # Q loads the group has waited for (tiles that see no key load none): q_bar's phase
     num_tiles = _num_tiles(shape, tiles)
     t = gl.program_id(0)
-    _load_q(t, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+    _load_q(t, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUP_ID)
     while t < num_tiles:
         bh, b, h, start_m, n_begin, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING,
                                                           HAS_WINDOW, HAS_DOC, GROUP_ID)
@@ -336,9 +340,10 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
         acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
         m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
         l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
-        mbarrier.wait(q_bar, tiles_done & 1)
         tiles_done += 1
         if n_blocks > 0:
+            mbarrier.wait(q_bar, q_loads & 1)
+            q_loads += 1
             rows = row_masks(shape, mask, start_m, b, offs_m, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
 
             # The first block alone: its scores start the row maxima.
@@ -388,7 +393,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
 
             # Every Q K^T of this tile has run: the next tile's rows load while its last P V and the stores run.
             t_next = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
-            _load_q(t_next, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+            _load_q(t_next, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                    HAS_DOC, GROUP_ID)
             last = (used + n_blocks - 1) % STAGES
             mbarrier.wait(my_turn, (turns + n_blocks) & 1)
             acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
@@ -401,7 +407,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
             turns += n_blocks + 1
         else:
             t_next = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
-            _load_q(t_next, q_desc, shape, tiles, q_buf, q_bar, GROUP_ID)
+            _load_q(t_next, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                    HAS_DOC, GROUP_ID)
 
         # A row that saw no key (all padding, or above the diagonal when there are more rows than keys): zeros, and
         # an LSE of +inf, as forward.py writes them.

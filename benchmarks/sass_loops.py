@@ -73,7 +73,7 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
     as a persistent launch does; otherwise taking fixed turns, as one program per tile does)."""
     from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel
 
-    rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n}
+    rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n, "o_desc": ROWS_PER_GROUP.value}
     return _compile_gluon(attention_fwd_hopper_kernel, rows, head_dim, dtype,
                           dict(BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
                                HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap, DYNAMIC=dynamic))

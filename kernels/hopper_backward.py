@@ -40,7 +40,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _tma_load, barriers,
                              hardware_tanh, load_block, mma_layout, padding_range,
-                             register_operand)
+                             register_operand, warpgroup_barrier)
 from .tiles import LOG2E
 
 
@@ -312,7 +312,7 @@ def _dv_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
                 buf = it % 2
                 mbarrier.wait(p_free.index(buf), ((it // 2) & 1) ^ 1)  # a fresh barrier passes parity 1
                 p_smem.index(buf).store(p_ds.to(dtype))
-                _warpgroup_barrier()  # every thread's part of P^T written before group 1 is told
+                warpgroup_barrier()  # every thread's part of P^T written before group 1 is told
                 mbarrier.arrive(p_full.index(buf), count=1)
                 p_op = gl.convert_layout(p.to(dtype), op_layout)
                 mbarrier.wait(do_ready.index(stage), phase)
@@ -360,7 +360,7 @@ def _dk_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
                 buf = it % 2
                 mbarrier.wait(p_full.index(buf), (it // 2) & 1)
                 p_ds = p_smem.index(buf).load(s_layout)
-                _warpgroup_barrier()  # every thread has read P^T before group 0 may write the buffer again
+                warpgroup_barrier()  # every thread has read P^T before group 0 may write the buffer again
                 mbarrier.arrive(p_free.index(buf), count=1)
                 dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
                 ds_op = gl.convert_layout((p_ds.to(gl.float32) * dp).to(dtype), op_layout)
@@ -374,7 +374,6 @@ def _dk_group(io, shape, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_M: gl.
 
 
 DQ_COLUMNS = gl.constexpr(32)  # dQ's columns per matmul and reduction: 128 bytes of float32, TMA's swizzle width
-_warpgroup_barrier = getattr(gl, "barrier", None) or gl.thread_barrier  # Triton 3.9 renamed it
 
 
 @builtin
@@ -400,7 +399,7 @@ def _dk_and_dq(dv, dk, p_op, ds, q, k_smem, ds_bufs, it, stage_empty, dq_bufs, H
     mbarrier.wait(ds_free.index(parity), use ^ 1)  # both groups are done with this buffer (a fresh barrier passes)
     mine.store(ds)
     fence_async_shared()
-    _warpgroup_barrier()  # every thread's part of dS^T written before the other group is told
+    warpgroup_barrier()  # every thread's part of dS^T written before the other group is told
     mbarrier.arrive(ds_full.index(parity), count=1)
     dk = warpgroup_mma(mine, q, dk, is_async=True)
     mbarrier.wait(ds_full.index(parity), use)
@@ -424,7 +423,7 @@ def _dk_and_dq(dv, dk, p_op, ds, q, k_smem, ds_bufs, it, stage_empty, dq_bufs, H
             mbarrier.wait(dq_free.index(GROUP_ID), (it & 1) ^ 1)
         dq_stage.index(GROUP_ID * (half // DQ_COLUMNS) + c).store(dq)
     fence_async_shared()
-    _warpgroup_barrier()  # every thread's part of the tiles written before the writer is told
+    warpgroup_barrier()  # every thread's part of the tiles written before the writer is told
     mbarrier.arrive(dq_full.index(GROUP_ID), count=1)
     return dv, dk
 

@@ -132,7 +132,7 @@ def attention_bwd_dq_hopper_kernel(
     k_empty = barriers(STAGES, 2)  # both consumer groups release a buffer
     v_empty = barriers(STAGES, 2)
 
-    # io and bufs in the places where the forward's loader reads K, V and their rings and barriers
+    # io with K's and V's descriptors where the forward's loader reads them
     io = (q_desc, k_desc, v_desc, do_desc, DQ, Lse, Delta, (stride_dqb, stride_dqh, stride_dqm))
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
@@ -144,5 +144,6 @@ def attention_bwd_dq_hopper_kernel(
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
-        (_loader, (io, shape, tiles, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, False)),
+        (_loader, (io, shape, tiles, mask, (k_ring, v_ring, k_ready, v_ready, k_empty, v_empty), BLOCK_N, STAGES,
+                   CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, False)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])

@@ -12,7 +12,8 @@ or one tile each) and runs three partitions:
 - two consumer warpgroups take 64 rows each. They issue their matmuls in turns (ping-pong): a warpgroup waits for
   its turn, issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} asynchronously, and hands the turn over, so that one
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
-  of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap).
+  of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap). A group's output tile leaves
+  through shared memory and a TMA store that runs while the group starts its next tile.
 
 A program of 9 warps at up to 240 registers fills an SM, so with one program per tile every tile paid for its
 program's start, its first loads and its stores with idle tensor cores (short sequences: 4 key blocks a tile at 512
@@ -31,12 +32,17 @@ import functools
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
 
 from .tiles import LOG2E
 
 # The TMA load's name: async_copy_global_to_shared in Triton 3.6, async_load from 3.7 on (the old name raises there).
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+# The TMA store's likewise: async_copy_shared_to_global in 3.6, async_store from 3.7 on.
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+# A barrier of the calling partition's warps: thread_barrier in 3.6, barrier in 3.9.
+warpgroup_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 ROWS_PER_GROUP = gl.constexpr(64)  # query rows per consumer warpgroup; a program takes two
 LOADER_REGISTERS = gl.constexpr(24)
@@ -131,14 +137,15 @@ def padding_range(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
 
 
 @gluon.jit
-def _loader(io, shape, tiles, mask, bufs, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+def _loader(io, shape, tiles, mask, ring, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, DYNAMIC: gl.constexpr):
     """One warp: the K and V blocks of the program's tiles, one after another, into their rings; a buffer is refilled
     once both consumers have released it, so the next tile's first blocks load while this tile's last ones are used.
-    It draws the program's next tile once this one's loads are issued (_draw_tile)."""
-    _, k_desc, v_desc, _, _, _, _, _ = io
+    It draws the program's next tile once this one's loads are issued (_draw_tile). io: K's and V's descriptors at
+    1 and 2; ring: (K ring, V ring, their ready barriers, their empty ones)."""
+    k_desc, v_desc = io[1], io[2]
     GROUP = shape[1]
-    _, k_ring, v_ring, _, k_ready, v_ready, k_empty, v_empty, _ = bufs
+    k_ring, v_ring, k_ready, v_ready, k_empty, v_empty = ring
     loaded = 0  # the g-th block of the program goes to stage g % STAGES, its (g // STAGES)-th use
     num_tiles = _num_tiles(shape, tiles)
     t = gl.program_id(0)
@@ -303,6 +310,27 @@ def _load_q(t, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N: gl.constexpr, 
             load_block(q_desc, b, h, start_m, q_bar, q_buf)
 
 
+@gluon.constexpr_function
+def o_staged(head_dim):
+    """Whether the output leaves through shared memory and a TMA store: up to head size 128. At 256, Q and the rings
+    fill the shared memory (192 of 227 KB), and O leaves by plain stores."""
+    return head_dim <= 128
+
+
+@gluon.jit
+def _store_staged(o_desc, coord, o_buf, out):
+    """out, a group's (64, D) output tile, into o_buf and from there to global memory by one TMA store that the next
+    call waits for (a tile's time later), not this one. Plain stores from the MMA layout write 4 bytes a thread:
+    half of each 32-byte sector at a time, twice the sectors the output needs, queueing behind one another at the
+    end of every tile (at 512 tokens a quarter of a consumer's time; benchmarks/NOTES.md entry 28)."""
+    tma.store_wait(0)  # the thread that issued the last store waits for it to have read o_buf...
+    warpgroup_barrier()  # ...and the others for that thread
+    o_buf.reshape(out.shape).store(out)
+    fence_async_shared()
+    warpgroup_barrier()  # every thread's part written before the store is issued
+    _tma_store(o_desc, coord, o_buf)
+
+
 @gluon.jit
 def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
               STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr,
@@ -310,9 +338,10 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
               GROUP_ID: gl.constexpr):
     """One warpgroup: 64 query rows of each of the program's tiles against their key blocks, its matmuls issued in
     turns with the other group's. The next tile's rows load as soon as this tile's last Q K^T has run."""
-    q_desc, _, _, O, Lse, stride_ob, stride_oh, stride_om = io
+    O_STAGED: gl.constexpr = o_staged(HEAD_DIM)
+    q_desc, _, _, o_desc, O, Lse, stride_ob, stride_oh, stride_om = io
     _, _, SQ, SKV = shape
-    q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
+    q_smem, o_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N)
     o_layout: gl.constexpr = mma_layout(HEAD_DIM)
@@ -413,27 +442,33 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
         # A row that saw no key (all padding, or above the diagonal when there are more rows than keys): zeros, and
         # an LSE of +inf, as forward.py writes them.
         empty = l_i == 0.0
-        out = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), rows_o)[:, None]
-        rows_out = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_o)
-        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-        o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_out[:, None] * stride_om
-                  + cols[None, :])
-        gl.store(o_ptrs, out.to(dtype), mask=rows_out[:, None] < SQ)
+        out = (acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), rows_o)[:, None]).to(dtype)
+        if O_STAGED:
+            _store_staged(o_desc, [b, h, start_m, 0], o_smem.index(GROUP_ID), out)
+        else:
+            rows_out = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_o)
+            cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+            o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_out[:, None] * stride_om
+                      + cols[None, :])
+            gl.store(o_ptrs, out, mask=rows_out[:, None] < SQ)
         lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
         gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, lse, mask=offs_m < SQ)
         t = t_next
+    if O_STAGED:
+        tma.store_wait(0)  # the shared memory stays allocated until the last store has read it
 
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
-        q_desc, k_desc, v_desc, O, Lse, KvLo, KvHi, Holes, KeyKeep, DocStart, qk_scale, sm_scale, softcap, window,
-        stride_ob, stride_oh, stride_om, stride_keep_b, stride_doc_b,
+        q_desc, k_desc, v_desc, o_desc, O, Lse, KvLo, KvHi, Holes, KeyKeep, DocStart, qk_scale, sm_scale, softcap,
+        window, stride_ob, stride_oh, stride_om, stride_keep_b, stride_doc_b,
         H, GROUP, SQ, SKV, BH, SECTION, Tickets,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
         SOFTCAP: gl.constexpr, DYNAMIC: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
-    reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
+    reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D) and o_desc writes them to O (up to head size 128, o_staged;
+    above, O is written through its pointer and strides), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); Holes (B,)
     int8 whether batch row b's kept keys have gaps and KeyKeep (B, SKV) int8 rows stride_keep_b apart the mask itself
     (read with HAS_HOLES); window the sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows
@@ -447,6 +482,10 @@ def attention_fwd_hopper_kernel(
     gl.static_assert(STAGES >= 2, "the K and V rings need at least two stages")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    if o_staged(HEAD_DIM):
+        o_smem = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
+    else:
+        o_smem = q_smem  # unused
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     q_ready = barriers(2, 1)
@@ -457,7 +496,7 @@ def attention_fwd_hopper_kernel(
     v_empty = barriers(STAGES, 2)
     mbarrier.arrive(turn.index(0), count=1)  # group 0 issues first
 
-    io = (q_desc, k_desc, v_desc, O, Lse, stride_ob, stride_oh, stride_om)
+    io = (q_desc, k_desc, v_desc, o_desc, O, Lse, stride_ob, stride_oh, stride_om)
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)
@@ -465,14 +504,14 @@ def attention_fwd_hopper_kernel(
         tiles = (BH, SECTION, Tickets, barriers(2, 1), barriers(2, 2))
     else:
         tiles = (BH, SECTION)
-    bufs = (q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn)
+    bufs = (q_smem, o_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn)
     gl.warp_specialize([
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DYNAMIC, 0)),
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DYNAMIC, 1)),
-        (_loader, (io, shape, tiles, mask, bufs, BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC,
-                   DYNAMIC)),
+        (_loader, (io, shape, tiles, mask, (k_ring, v_ring, k_ready, v_ready, k_empty, v_empty), BLOCK_N, STAGES,
+                   CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, DYNAMIC)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 

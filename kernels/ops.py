@@ -299,7 +299,7 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     B, H, SQ, D = q.shape
     SKV = k.shape[2]
     block_n, stages = HOPPER_FORWARD_TILES[D]
-    descriptors = _gluon_descriptors((q, k, v), (ROWS_PER_GROUP.value, block_n, block_n))
+    descriptors = _gluon_descriptors((q, k, v, out), (ROWS_PER_GROUP.value, block_n, block_n, ROWS_PER_GROUP.value))
     if descriptors is None:
         return False
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \

@@ -95,9 +95,10 @@ def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, sta
         # scale the scores into the tanh; the factor after it rides on the exponent's FFMA like the plain scale.
         assert kinds["FMUL"] <= head_dim // 2 + (block_n // 2 if masks else 0) + 8, kinds
         # At most one register spilled around the masked blocks' branch: with the tile loop's state, ptxas 12.8
-        # (Triton 3.6) stores one there, and ptxas 12.9 (Triton 3.9) reloads the thread index that the partitions'
-        # entry keeps on the stack where a masked block needs its key columns.
-        assert kinds.get("STL", 0) <= 1 and kinds.get("LDL", 0) <= 1, kinds
+        # (Triton 3.6) stores one there or none, and ptxas 12.9 (Triton 3.9) reloads the thread index that the
+        # partitions' entry keeps on the stack where a masked block needs its key columns, and since the output
+        # leaves by TMA (entry 28) also moves one tile-loop value through the stack once a block.
+        assert kinds.get("STL", 0) <= 1 and kinds.get("LDL", 0) <= 2, kinds
     assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 

@@ -415,7 +415,7 @@ def stub_launches(monkeypatch, launcher) -> list:
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per_tile"])
 def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, monkeypatch):
-    """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K and V and passes each of the
+    """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K, V and O and passes each of the
     kernel's parameters, in order, with a grid of one program per multiprocessor (persistent, drawing tiles from the
     stream's tickets; at most one per tile) or one per 128-row tile of each batch row and head."""
     if ops.HOPPER_FWD is None:
@@ -439,9 +439,10 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, monke
     assert announced == [("attention_fwd_hopper_kernel", persistent, persistent)]
     assert args["DYNAMIC"] == persistent and (args["Tickets"] is tickets) == persistent
     assert (args["BH"], args["SECTION"]) == (16, 16)  # 300 keys: every head's K and V share the L2 cache
-    blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc")]
-    assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128]]
+    blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc", "o_desc")]
+    assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128], [1, 1, 64, 128]]
     assert args["q_desc"].strides == list(q.stride()) and args["k_desc"].base is k
+    assert args["o_desc"].base is out and args["o_desc"].strides == list(out.stride())
     assert args["O"] is out and args["Lse"] is lse and args["qk_scale"] == pytest.approx(0.125 * 1.4426950408889634)
     assert not (args["HAS_PADDING"] or args["HAS_WINDOW"] or args["HAS_DOC"] or args["SOFTCAP"])
     assert args["window"] == 0

@@ -9,7 +9,7 @@ import csv
 import glob
 import os
 
-# The details page's metrics worth reading first (section, metric name as ncu prints it).
+# The details page's metrics worth reading first, named as ncu prints them.
 KEY_METRICS = ("Duration", "Elapsed Cycles", "SM Frequency", "Compute (SM) Throughput", "Memory Throughput",
                "Registers Per Thread", "Grid Size", "Block Size", "Dynamic Shared Memory Per Block",
                "Executed Ipc Active", "Issue Slots Busy", "Issued Warp Per Scheduler", "No Eligible",

@@ -12,8 +12,8 @@ or one tile each) and runs three partitions:
 - two consumer warpgroups take 64 rows each. They issue their matmuls in turns (ping-pong): a warpgroup waits for
   its turn, issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} asynchronously, and hands the turn over, so that one
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
-  of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap). A group's output tile leaves
-  through shared memory and a TMA store that runs while the group starts its next tile.
+  of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap). Up to head size 128 a group's
+  output tile leaves through shared memory and a TMA store that runs while the group starts its next tile.
 
 A program of 9 warps at up to 240 registers fills an SM, so with one program per tile every tile paid for its
 program's start, its first loads and its stores with idle tensor cores (short sequences: 4 key blocks a tile at 512

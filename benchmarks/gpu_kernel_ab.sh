@@ -12,6 +12,7 @@
 # variant and committed in turns (the GPU's speed drifts within a call). Files under $OUT/r: tests_gpu.txt, ab.txt
 # (every run's tables, marked new/old and the turn) and ab_runs.tgz (each run's JSON and Markdown).
 OUT=${OUT:-benchmarks/results/local}
+: "${VARIANT:?set VARIANT to the folder of changed kernel files (see above)}"
 source benchmarks/device_setup.sh "$OUT/r"
 rm -f "$OUT/r/setup.txt"
 committed=$(mktemp -d)

@@ -144,6 +144,6 @@ def attention_bwd_dq_hopper_kernel(
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 0)),
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, 1)),
-        (_loader, (io, shape, tiles, mask, (k_ring, v_ring, k_ready, v_ready, k_empty, v_empty), BLOCK_N, STAGES,
-                   CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, False)),
+        (_loader, (io, shape, tiles, mask, (k_ring, v_ring, k_ready, v_ready, k_empty, v_empty), None, BLOCK_N,
+                   STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, False, 0)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])

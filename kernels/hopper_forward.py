@@ -6,21 +6,22 @@ language, writes the schedule out. A tile is 128 query rows of one head; a progr
 (persistent: one program per SM, each drawing its next tile from a shared counter when it is done with the last;
 or one tile each) and runs three partitions:
 
-- a loader warp streams K and V blocks into rings of STAGES shared-memory buffers through TMA. A K buffer is
-  released once both groups' S = Q K^T has run, a V buffer once their O += P V has, so the next K block loads
-  while the previous V block is still read;
+- a loader warp loads each tile's Q and streams K and V blocks into rings of STAGES shared-memory buffers through
+  TMA. A K buffer is released once both groups' S = Q K^T has run, a V buffer once their O += P V has, so the next
+  K block loads while the previous V block is still read;
 - two consumer warpgroups take 64 rows each. They issue their matmuls in turns (ping-pong): a warpgroup waits for
   its turn, issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} asynchronously, and hands the turn over, so that one
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
-  of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap). Up to head size 128 a group's
-  output tile leaves through shared memory and a TMA store that runs while the group starts its next tile.
+  of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap). The blocks of all a
+  program's tiles run through that one loop: a tile's last P V goes with the next tile's first Q K^T, and the
+  tile's output leaves (up to head size 128 through shared memory and a TMA store) while the next one runs.
 
 A program of 9 warps at up to 240 registers fills an SM, so with one program per tile every tile paid for its
 program's start, its first loads and its stores with idle tensor cores (short sequences: 4 key blocks a tile at 512
-tokens). Persistent, the loader fetches the next tile's blocks while the consumers finish this one, and each group
-loads its next rows as soon as its last Q K^T has run. Tiles drawn in order (heaviest causal rows first) keep the
-programs' work even where fixed turns (tile t to program t mod programs) would not: with MHA a program's turns
-fall on the same few row blocks of every head (benchmarks/NOTES.md entry 25).
+tokens). Persistent, the loader fetches the next tile's Q and blocks while the consumers finish this one. Tiles
+drawn in order (heaviest causal rows first) keep the programs' work even where fixed turns (tile t to program t
+mod programs) would not: with MHA a program's turns fall on the same few row blocks of every head
+(benchmarks/NOTES.md entry 25).
 
 Scope (ops.py sends every other input to forward.py): fp16/bf16, head sizes 64, 128 and 256 (ops sends 128 and 256,
 where it measured faster: benchmarks/NOTES.md entry 14), causal (aligned to the last key) or not, GQA, a positive
@@ -137,22 +138,36 @@ def padding_range(KvLo, KvHi, b, SKV, HAS_PADDING: gl.constexpr):
 
 
 @gluon.jit
-def _loader(io, shape, tiles, mask, ring, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, DYNAMIC: gl.constexpr):
+def _loader(io, shape, tiles, mask, ring, queries, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr,
+            DYNAMIC: gl.constexpr, Q_BUFFERS: gl.constexpr):
     """One warp: the K and V blocks of the program's tiles, one after another, into their rings; a buffer is refilled
     once both consumers have released it, so the next tile's first blocks load while this tile's last ones are used.
-    It draws the program's next tile once this one's loads are issued (_draw_tile). io: K's and V's descriptors at
-    1 and 2; ring: (K ring, V ring, their ready barriers, their empty ones)."""
+    It draws the program's next tile once this one's loads are issued (_draw_tile). io: Q's, K's and V's
+    descriptors at 0, 1 and 2; ring: (K ring, V ring, their ready barriers, their empty ones). With Q_BUFFERS > 0
+    it loads each tile's Q first, both groups' rows, into the next of Q_BUFFERS buffers a group (queries: the
+    buffers, group g's i-th at 2 * i + g, their ready and empty barriers): a tile with keys has its Q in shared
+    memory before its group needs it; the dQ kernel's consumers load their own (Q_BUFFERS 0, queries None)."""
     k_desc, v_desc = io[1], io[2]
     GROUP = shape[1]
     k_ring, v_ring, k_ready, v_ready, k_empty, v_empty = ring
     loaded = 0  # the g-th block of the program goes to stage g % STAGES, its (g // STAGES)-th use
+    q_loaded = 0  # tiles whose Q the loader has loaded: buffer q_loaded % Q_BUFFERS, its (q_loaded // Q_BUFFERS)-th use
     num_tiles = _num_tiles(shape, tiles)
     t = gl.program_id(0)
     drawn = 0
     while t < num_tiles:
         bh, b, h, start_m, n_begin, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING,
                                                           HAS_WINDOW, HAS_DOC, 0)
+        if Q_BUFFERS > 0:
+            if n_blocks > 0:  # a tile that sees no key loads no Q (a padded batch has many)
+                q_smem, q_ready, q_empty = queries
+                free = ((q_loaded // Q_BUFFERS) & 1) ^ 1  # a fresh barrier passes parity 1
+                for group in gl.static_range(2):
+                    buf = 2 * (q_loaded % Q_BUFFERS) + group
+                    mbarrier.wait(q_empty.index(buf), free)
+                    load_block(io[0], b, h, start_m + group * ROWS_PER_GROUP, q_ready.index(buf), q_smem.index(buf))
+                q_loaded += 1
         hk = h // GROUP
         for i in range(n_blocks):
             stage = loaded % STAGES
@@ -298,23 +313,18 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
     return m_new, m_ref, gl.exp2(qk * qk_scale - m_ref[:, None])
 
 
-@gluon.jit
-def _load_q(t, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_DOC: gl.constexpr, GROUP_ID: gl.constexpr):
-    """This group's 64 rows of tile t into q_buf, where the program has a tile t and it sees some key (a tile of
-    padding queries writes zeros without Q: a padded batch has many)."""
-    if t < _num_tiles(shape, tiles):
-        _, b, h, start_m, _, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                                                   HAS_DOC, GROUP_ID)
-        if n_blocks > 0:
-            load_block(q_desc, b, h, start_m, q_bar, q_buf)
-
-
 @gluon.constexpr_function
 def o_staged(head_dim):
     """Whether the output leaves through shared memory and a TMA store: up to head size 128. At 256, Q and the rings
     fill the shared memory (192 of 227 KB), and O leaves by plain stores."""
     return head_dim <= 128
+
+
+@gluon.constexpr_function
+def q_buffers(head_dim):
+    """Q buffers a group: two up to head size 128, so that the loader loads the next tile's Q while this one's is
+    read (224 of 227 KB with the output's and the rings'); one at 256, the loader waiting for the tile's last Q K^T."""
+    return 2 if head_dim <= 128 else 1
 
 
 @gluon.jit
@@ -332,17 +342,49 @@ def _store_staged(o_desc, coord, o_buf, out):
 
 
 @gluon.jit
+def _write_lse(Lse, SQ, bh, start_m, m_i, l_i, rows_s: gl.constexpr):
+    """The log-sum-exp of a group's 64 rows from start_m of batch * head bh, in log2 units: +inf for a row that saw
+    no key (all padding, above the diagonal when there are more rows than keys, a tile that sees no key), as
+    forward.py writes it."""
+    offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
+    empty = l_i == 0.0
+    lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
+    gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, lse, mask=offs_m < SQ)
+
+
+@gluon.jit
+def _write_out(io, SQ, tile, acc, l_i, o_buf, HEAD_DIM: gl.constexpr, o_layout: gl.constexpr):
+    """A group's 64 output rows of tile = (batch, head, first row) from its accumulator and row sums (a row that saw
+    no key has both at zero, and gets zeros)."""
+    _, _, _, o_desc, O, _, stride_ob, stride_oh, stride_om = io
+    b, h, start_m = tile
+    scale = 1.0 / gl.where(l_i == 0.0, 1.0, l_i)
+    out = (acc * gl.convert_layout(scale, gl.SliceLayout(1, o_layout))[:, None]).to(o_desc.dtype)
+    if o_staged(HEAD_DIM):
+        _store_staged(o_desc, [b, h, start_m, 0], o_buf, out)
+    else:
+        rows_out = start_m + gl.arange(0, ROWS_PER_GROUP, layout=gl.SliceLayout(1, o_layout))
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_out[:, None] * stride_om
+                  + cols[None, :])
+        gl.store(o_ptrs, out, mask=rows_out[:, None] < SQ)
+
+
+@gluon.jit
 def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
               STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr,
               HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, DYNAMIC: gl.constexpr,
               GROUP_ID: gl.constexpr):
     """One warpgroup: 64 query rows of each of the program's tiles against their key blocks, its matmuls issued in
-    turns with the other group's. The next tile's rows load as soon as this tile's last Q K^T has run."""
-    O_STAGED: gl.constexpr = o_staged(HEAD_DIM)
-    q_desc, _, _, o_desc, O, Lse, stride_ob, stride_oh, stride_om = io
+    turns with the other group's. The key blocks of all the program's tiles run through one loop body: block j's
+    turn issues S_j = Q K_j^T and the P V of the block before it, whichever tile that was, so a tile's last P V
+    runs with the next tile's first Q K^T and its output is written while the next tile's blocks run. A tile has
+    no first block of its own (its softmax written once; at 512 tokens a tile has 1 to 4 blocks and the consumers
+    waited on instruction fetch, benchmarks/NOTES.md entries 28-30), and no turn of its own for its last P V."""
+    Q_BUFFERS: gl.constexpr = q_buffers(HEAD_DIM)
     _, _, SQ, SKV = shape
-    q_smem, o_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn = bufs
-    dtype: gl.constexpr = q_desc.dtype
+    q_smem, o_smem, k_ring, v_ring, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turn = bufs
+    dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N)
     o_layout: gl.constexpr = mma_layout(HEAD_DIM)
     p_layout: gl.constexpr = register_operand(HEAD_DIM)
@@ -350,57 +392,56 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     my_turn = turn.index(GROUP_ID)
     their_turn = turn.index(1 - GROUP_ID)
-    q_buf = q_smem.index(GROUP_ID)
-    q = q_buf.reshape([ROWS_PER_GROUP, HEAD_DIM])
-    q_bar = q_ready.index(GROUP_ID)
+    o_buf = o_smem.index(GROUP_ID)
     s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_N], gl.float32, s_layout)
 
+    # The P V pending at a turn: block used - 1's, into acc; the program's first turn has none and adds a zero P
+    # times V_0 (every turn issues both matmuls: a branch around one makes ptxas wait for each at once, entry 29).
+    acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
+    p_op = gl.zeros([ROWS_PER_GROUP, BLOCK_N], dtype, p_layout)
+    alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
+    m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
+    l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
     used = 0  # key blocks the program has consumed: block g sits in stage g % STAGES, its (g // STAGES)-th use
-    turns = 0  # turns this group has taken
+    before = 0  # the pending P V's block (V_0 on the program's first turn)
+    q_uses = 0  # tiles with keys so far: their Q in buffer q_uses % Q_BUFFERS
     tiles_done = 0
-    q_loads = 0  # Q loads the group has waited for (tiles that see no key load none): q_bar's phase
     num_tiles = _num_tiles(shape, tiles)
     t = gl.program_id(0)
-    _load_q(t, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUP_ID)
+    pending = (t, t, t, t)  # the tile of the pending P V (_finish_tile's coordinates), set by the first with keys
     while t < num_tiles:
         bh, b, h, start_m, n_begin, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING,
                                                           HAS_WINDOW, HAS_DOC, GROUP_ID)
-        offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
-        acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
-        m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
-        l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
         tiles_done += 1
         if n_blocks > 0:
-            mbarrier.wait(q_bar, q_loads & 1)
-            q_loads += 1
+            offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
             rows = row_masks(shape, mask, start_m, b, offs_m, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
-
-            # The first block alone: its scores start the row maxima.
-            stage = used % STAGES
-            mbarrier.wait(my_turn, turns & 1)
-            mbarrier.wait(k_ready.index(stage), (used // STAGES) & 1)
-            qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
-                               use_acc=False, is_async=True)
-            mbarrier.arrive(their_turn, count=1)
-            qk = warpgroup_mma_wait(num_outstanding=0, deps=(qk,))
-            mbarrier.arrive(k_empty.index(stage), count=1)
-            m_i, m_ref, p = _scores(qk, n_begin * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N, CAUSAL, HAS_WINDOW,
-                                    HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
-            l_i = gl.sum(p, axis=1)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
-            alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
-
-            for i in range(1, n_blocks):
+            q_index = 2 * (q_uses % Q_BUFFERS) + GROUP_ID
+            q = q_smem.index(q_index).reshape([ROWS_PER_GROUP, HEAD_DIM])
+            mbarrier.wait(q_ready.index(q_index), (q_uses // Q_BUFFERS) & 1)
+            # The pending tile's row statistics are final: its LSE leaves now, its output once its last P V has
+            # run. This tile's start afresh (block 0's alpha is then 0: the accumulator starts at zero on the turn
+            # after).
+            if used > 0:
+                _write_lse(io[5], SQ, pending[0], pending[3], m_i, l_i, rows_s)
+            l_done = l_i
+            m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
+            l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
+            # No MMA is in flight here; without this wait ptxas makes the first group wait for each Q K^T to finish
+            # before it issues the P V (both Tritons; benchmarks/NOTES.md entry 30).
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            for i in range(n_blocks):
                 g = used + i
                 stage = g % STAGES
-                prev = (g - 1) % STAGES
-                mbarrier.wait(my_turn, (turns + i) & 1)
+                v_stage = before % STAGES
+                v_phase = (before // STAGES) & 1
+                mbarrier.wait(my_turn, g & 1)
+                mbarrier.wait(v_ready.index(v_stage), v_phase)
                 mbarrier.wait(k_ready.index(stage), (g // STAGES) & 1)
                 qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
                                    use_acc=False, is_async=True)
                 acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to the previous maxima while S_j runs
-                mbarrier.wait(v_ready.index(prev), ((g - 1) // STAGES) & 1)
-                acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+                acc = warpgroup_mma(p_op, v_ring.index(v_stage).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
                 mbarrier.arrive(their_turn, count=1)
                 qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
                 mbarrier.arrive(k_empty.index(stage), count=1)
@@ -417,44 +458,34 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                     m_new, l_new, p_next = m_i, l_i, p_op
                 m_i, l_i = m_new, l_new
                 acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
-                mbarrier.arrive(v_empty.index(prev), count=1)
+                mbarrier.arrive(v_empty.index(v_stage), count=1, pred=g > 0)
                 p_op = p_next
-
-            # Every Q K^T of this tile has run: the next tile's rows load while its last P V and the stores run.
-            t_next = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
-            _load_q(t_next, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                    HAS_DOC, GROUP_ID)
-            last = (used + n_blocks - 1) % STAGES
-            mbarrier.wait(my_turn, (turns + n_blocks) & 1)
-            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
-            mbarrier.wait(v_ready.index(last), ((used + n_blocks - 1) // STAGES) & 1)
-            acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-            mbarrier.arrive(their_turn, count=1)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(v_empty.index(last), count=1)
+                before = g
+                if (i == 0) & (g > 0):  # the pending tile's last P V has run: its output leaves
+                    _write_out(io, SQ, pending[1:], acc, l_done, o_buf, HEAD_DIM, o_layout)
+            mbarrier.arrive(q_empty.index(q_index), count=1)  # the tile's last Q K^T has run
+            pending = (bh, b, h, start_m)
             used += n_blocks
-            turns += n_blocks + 1
-        else:
-            t_next = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
-            _load_q(t_next, q_desc, shape, tiles, mask, q_buf, q_bar, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                    HAS_DOC, GROUP_ID)
+            q_uses += 1
+        else:  # a tile that sees no key: zeros (the pending tile's output waits for its P V)
+            no_key = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
+            _write_lse(io[5], SQ, bh, start_m, no_key, no_key, rows_s)
+            _write_out(io, SQ, (b, h, start_m), gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout), no_key,
+                       o_buf, HEAD_DIM, o_layout)
+        t = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
 
-        # A row that saw no key (all padding, or above the diagonal when there are more rows than keys): zeros, and
-        # an LSE of +inf, as forward.py writes them.
-        empty = l_i == 0.0
-        out = (acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), rows_o)[:, None]).to(dtype)
-        if O_STAGED:
-            _store_staged(o_desc, [b, h, start_m, 0], o_smem.index(GROUP_ID), out)
-        else:
-            rows_out = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_o)
-            cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-            o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_out[:, None] * stride_om
-                      + cols[None, :])
-            gl.store(o_ptrs, out, mask=rows_out[:, None] < SQ)
-        lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
-        gl.store(Lse + bh.to(gl.int64) * SQ + offs_m, lse, mask=offs_m < SQ)
-        t = t_next
-    if O_STAGED:
+    if used > 0:  # the last tile's last P V, on a turn of its own
+        last = (used - 1) % STAGES
+        mbarrier.wait(my_turn, used & 1)
+        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+        mbarrier.wait(v_ready.index(last), ((used - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+        mbarrier.arrive(their_turn, count=1)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(v_empty.index(last), count=1)
+        _write_lse(io[5], SQ, pending[0], pending[3], m_i, l_i, rows_s)
+        _write_out(io, SQ, pending[1:], acc, l_i, o_buf, HEAD_DIM, o_layout)
+    if o_staged(HEAD_DIM):
         tma.store_wait(0)  # the shared memory stays allocated until the last store has read it
 
 
@@ -481,14 +512,15 @@ def attention_fwd_hopper_kernel(
     # turns.
     gl.static_assert(STAGES >= 2, "the K and V rings need at least two stages")
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [2 * q_buffers(HEAD_DIM)] + q_desc.block_type.shape, q_desc.layout)
     if o_staged(HEAD_DIM):
         o_smem = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
     else:
         o_smem = q_smem  # unused
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    q_ready = barriers(2, 1)
+    q_ready = barriers(2 * q_buffers(HEAD_DIM), 1)
+    q_empty = barriers(2 * q_buffers(HEAD_DIM), 1)
     turn = barriers(2, 1)
     k_ready = barriers(STAGES, 1)
     v_ready = barriers(STAGES, 1)
@@ -504,14 +536,15 @@ def attention_fwd_hopper_kernel(
         tiles = (BH, SECTION, Tickets, barriers(2, 1), barriers(2, 2))
     else:
         tiles = (BH, SECTION)
-    bufs = (q_smem, o_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, turn)
+    bufs = (q_smem, o_smem, k_ring, v_ring, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turn)
     gl.warp_specialize([
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DYNAMIC, 0)),
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
                      HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DYNAMIC, 1)),
-        (_loader, (io, shape, tiles, mask, (k_ring, v_ring, k_ready, v_ready, k_empty, v_empty), BLOCK_N, STAGES,
-                   CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, DYNAMIC)),
+        (_loader, (io, shape, tiles, mask, (k_ring, v_ring, k_ready, v_ready, k_empty, v_empty),
+                   (q_smem, q_ready, q_empty), BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, DYNAMIC,
+                   q_buffers(HEAD_DIM))),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 

@@ -234,12 +234,12 @@ def _on_tensor_device(run):
 # The Gluon forward (hopper_forward.py) on Hopper, for what its docstring lists (HF_SDPA_HOPPER_FORWARD=0 turns it
 # off). Per head size, its key block and ring depth: 128 and 256, where it measured 6-21% faster than forward.py
 # (benchmarks/hopper_ab.py, NOTES.md entry 14); at 64 forward.py stays, 4-8% faster. HOPPER_FORWARD_MIN_KEYS: the
-# key length from which it pays per head size; below, forward.py's lighter programs win (head size 128, persistent
-# with drawn tiles: 4% faster than forward.py at 1024 keys under GQA, 9% slower at 512 with MHA, NOTES.md entry 25;
-# head size 256 wins at 512 too).
+# key length from which it pays per head size; below, forward.py's lighter programs are left (head size 128: 22%
+# faster than forward.py at 512 keys with MHA causal once a tile's last P V runs with the next tile's first block,
+# NOTES.md entry 30, level before; shorter keys not measured; head size 256 wins at 512 too).
 HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "1") == "1"
 HOPPER_FORWARD_TILES = {128: (128, 2), 256: (64, 2)}
-HOPPER_FORWARD_MIN_KEYS = {128: 1024}
+HOPPER_FORWARD_MIN_KEYS = {128: 512}
 # Persistent: one program per multiprocessor walks the tiles (hopper_forward.py), each drawing its next tile from a
 # counter when its loader is done with the last one (hopper_forward._draw_tile); HF_SDPA_HOPPER_PERSISTENT=0 launches
 # one program per tile, HF_SDPA_HOPPER_DYNAMIC=0 hands tile t to program t mod programs (fixed turns), both for the

@@ -91,9 +91,10 @@ def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, sta
     assert len(consumers) == 4
     for kinds in [lp["kinds"] for lp in consumers[:2]]:  # the key loops
         assert kinds["HGMMA"] == head_dim // 16 + block_n // 16  # Q K^T over the head, P V over the key block
-        # Per thread 64 x head_dim / 128 multiplies rescale O, and with softcap (among the masks) 64 x block_n / 128
-        # scale the scores into the tanh; the factor after it rides on the exponent's FFMA like the plain scale.
-        assert kinds["FMUL"] <= head_dim // 2 + (block_n // 2 if masks else 0) + 8, kinds
+        # Per thread 64 x head_dim / 128 multiplies rescale O, as many normalise the previous tile's output (in the
+        # branch of a tile's first block), and with softcap (among the masks) 64 x block_n / 128 scale the scores
+        # into the tanh; the factor after it rides on the exponent's FFMA like the plain scale.
+        assert kinds["FMUL"] <= 2 * (head_dim // 2) + (block_n // 2 if masks else 0) + 16, kinds
         # At most one register spilled around the masked blocks' branch: with the tile loop's state, ptxas 12.8
         # (Triton 3.6) stores one there or none, and ptxas 12.9 (Triton 3.9) reloads the thread index that the
         # partitions' entry keeps on the stack where a masked block needs its key columns, and since the output

@@ -383,6 +383,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     waited on instruction fetch, benchmarks/NOTES.md entries 28-30), and no turn of its own for its last P V."""
     Q_BUFFERS: gl.constexpr = q_buffers(HEAD_DIM)
     _, _, SQ, SKV = shape
+    Lse = io[5]
     q_smem, o_smem, k_ring, v_ring, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turn = bufs
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N)
@@ -423,7 +424,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
             # run. This tile's start afresh (block 0's alpha is then 0: the accumulator starts at zero on the turn
             # after).
             if used > 0:
-                _write_lse(io[5], SQ, pending[0], pending[3], m_i, l_i, rows_s)
+                _write_lse(Lse, SQ, pending[0], pending[3], m_i, l_i, rows_s)
             l_done = l_i
             m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
             l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
@@ -469,7 +470,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
             q_uses += 1
         else:  # a tile that sees no key: zeros (the pending tile's output waits for its P V)
             no_key = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
-            _write_lse(io[5], SQ, bh, start_m, no_key, no_key, rows_s)
+            _write_lse(Lse, SQ, bh, start_m, no_key, no_key, rows_s)
             _write_out(io, SQ, (b, h, start_m), gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout), no_key,
                        o_buf, HEAD_DIM, o_layout)
         t = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
@@ -483,7 +484,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
         mbarrier.arrive(their_turn, count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(v_empty.index(last), count=1)
-        _write_lse(io[5], SQ, pending[0], pending[3], m_i, l_i, rows_s)
+        _write_lse(Lse, SQ, pending[0], pending[3], m_i, l_i, rows_s)
         _write_out(io, SQ, pending[1:], acc, l_i, o_buf, HEAD_DIM, o_layout)
     if o_staged(HEAD_DIM):
         tma.store_wait(0)  # the shared memory stays allocated until the last store has read it

@@ -396,7 +396,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     o_buf = o_smem.index(GROUP_ID)
     s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_N], gl.float32, s_layout)
 
-    # The P V pending at a turn: block used - 1's, into acc; the program's first turn has none and adds a zero P
+    # The P V pending at turn g: block g - 1's, into acc; the program's first turn has none and adds a zero P
     # times V_0 (every turn issues both matmuls: a branch around one makes ptxas wait for each at once, entry 29).
     acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
     p_op = gl.zeros([ROWS_PER_GROUP, BLOCK_N], dtype, p_layout)
@@ -409,7 +409,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     tiles_done = 0
     num_tiles = _num_tiles(shape, tiles)
     t = gl.program_id(0)
-    pending = (t, t, t, t)  # the tile of the pending P V (_finish_tile's coordinates), set by the first with keys
+    # The tile of the pending P V (batch * head, batch, head, first row), set by the first tile with keys.
+    pending = (t, t, t, t)
     while t < num_tiles:
         bh, b, h, start_m, n_begin, n_blocks = group_tile(t, shape, tiles, mask, BLOCK_N, CAUSAL, HAS_PADDING,
                                                           HAS_WINDOW, HAS_DOC, GROUP_ID)

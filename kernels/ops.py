@@ -233,7 +233,8 @@ def _on_tensor_device(run):
 
 # The Gluon forward (hopper_forward.py) on Hopper, for what its docstring lists (HF_SDPA_HOPPER_FORWARD=0 turns it
 # off). Per head size, its key block and ring depth: 128 and 256, where it measured 6-21% faster than forward.py
-# (benchmarks/hopper_ab.py, NOTES.md entry 14); at 64 forward.py stays, 4-8% faster. HOPPER_FORWARD_MIN_KEYS: the
+# (benchmarks/hopper_ab.py, NOTES.md entry 14; at 256 4-13% since entry 30, entry 31); at 64 forward.py stays, 4-8%
+# faster (1-10% with entry 30's loop, entry 31). HOPPER_FORWARD_MIN_KEYS: the
 # key length from which it pays per head size; below, forward.py's lighter programs are left (head size 128: 22%
 # faster than forward.py at 512 keys with MHA causal once a tile's last P V runs with the next tile's first block,
 # NOTES.md entry 30, level before; shorter keys not measured; head size 256 wins at 512 too).

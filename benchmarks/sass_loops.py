@@ -71,9 +71,10 @@ def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int 
                            documents: bool = False, dynamic: bool = True):
     """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it (dynamic: drawing its tiles,
     as a persistent launch does; otherwise taking fixed turns, as one program per tile does)."""
-    from hf_sdpa.kernels.hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel
+    from hf_sdpa.kernels.hopper_forward import OUT_COLUMNS, ROWS_PER_GROUP, attention_fwd_hopper_kernel
 
-    rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n, "o_desc": ROWS_PER_GROUP.value}
+    rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n,
+            "o_desc": (ROWS_PER_GROUP.value, min(head_dim, OUT_COLUMNS.value))}
     return _compile_gluon(attention_fwd_hopper_kernel, rows, head_dim, dtype,
                           dict(BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
                                HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap, DYNAMIC=dynamic))
@@ -109,7 +110,7 @@ def compile_hopper_dq(head_dim: int = 128, block_n: int = 64, stages: int = 2, c
 
 
 # the Gluon kernels' pointer and float arguments; every other one is an int32
-GLUON_ARGS = {"O": "*{dtype}", "DQ": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
+GLUON_ARGS = {"DQ": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
               "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8", "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32",
               "sm_scale": "fp32", "softcap": "fp32", "Tickets": "*i32"}
 # The mask tensors that ops passes as Q (never read) where the flag is off, as a launch types them
@@ -133,12 +134,12 @@ def _compile_gluon(kernel, rows: dict, head_dim: int, dtype: str, constexprs: di
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:
             signature[p.name] = "constexpr"
-        elif isinstance(rows.get(p.name), tuple):  # a float32 descriptor: its block shape, then "fp32"
+        elif isinstance(rows.get(p.name), tuple) and rows[p.name][-1] == "fp32":  # its block shape, then "fp32"
             *block, dt = rows[p.name]
             layout = shared_layout(tuple(block), "float32")
             signature[p.name] = f"tensordesc<{dt}[{','.join(map(str, block))}],{layout!r}>"
-        elif p.name in rows:
-            block = (1, 1, rows[p.name], head_dim)
+        elif p.name in rows:  # rows, or (rows, columns)
+            block = (1, 1) + (rows[p.name] if isinstance(rows[p.name], tuple) else (rows[p.name], head_dim))
             signature[p.name] = f"tensordesc<{dtype}[{','.join(map(str, block))}],{shared_layout(block, name)!r}>"
         else:
             unused = p.name in UNUSED_WITHOUT and not constexprs.get(UNUSED_WITHOUT[p.name], True)

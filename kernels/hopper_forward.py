@@ -14,7 +14,7 @@ or one tile each) and runs three partitions:
   warpgroup's exponentials run while the other's matmuls occupy the tensor cores. Inside a warpgroup the softmax
   of S_j runs while its own O += P V is still in flight (the intra-warpgroup overlap). The blocks of all a
   program's tiles run through that one loop: a tile's last P V goes with the next tile's first Q K^T, and the
-  tile's output leaves (up to head size 128 through shared memory and a TMA store) while the next one runs.
+  tile's output leaves (through shared memory and TMA stores) while the next one runs.
 
 A program of 9 warps at up to 240 registers fills an SM, so with one program per tile every tile paid for its
 program's start, its first loads and its stores with idle tensor cores (short sequences: 4 key blocks a tile at 512
@@ -313,11 +313,9 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
     return m_new, m_ref, gl.exp2(qk * qk_scale - m_ref[:, None])
 
 
-@gluon.constexpr_function
-def o_staged(head_dim):
-    """Whether the output leaves through shared memory and a TMA store: up to head size 128. At 256, Q and the rings
-    fill the shared memory (192 of 227 KB), and O leaves by plain stores."""
-    return head_dim <= 128
+# The output leaves in column chunks of at most this many through a group's shared-memory buffer and a TMA store. At
+# head size 256, Q and the rings take 192 of 227 KB, leaving room for two (64, 128) buffers but not for (64, 256).
+OUT_COLUMNS = gl.constexpr(128)
 
 
 @gluon.constexpr_function
@@ -353,21 +351,23 @@ def _write_lse(Lse, SQ, bh, start_m, m_i, l_i, rows_s: gl.constexpr):
 
 
 @gluon.jit
-def _write_out(io, SQ, tile, acc, l_i, o_buf, HEAD_DIM: gl.constexpr, o_layout: gl.constexpr):
+def _write_out(o_desc, tile, acc, l_i, o_buf, HEAD_DIM: gl.constexpr):
     """A group's 64 output rows of tile = (batch, head, first row) from its accumulator and row sums (a row that saw
-    no key has both at zero, and gets zeros)."""
-    _, _, _, o_desc, O, _, stride_ob, stride_oh, stride_om = io
+    no key has both at zero, and gets zeros), in o_buf's column chunks: one up to head size 128, two at 256."""
     b, h, start_m = tile
     scale = 1.0 / gl.where(l_i == 0.0, 1.0, l_i)
-    out = (acc * gl.convert_layout(scale, gl.SliceLayout(1, o_layout))[:, None]).to(o_desc.dtype)
-    if o_staged(HEAD_DIM):
-        _store_staged(o_desc, [b, h, start_m, 0], o_buf, out)
-    else:
-        rows_out = start_m + gl.arange(0, ROWS_PER_GROUP, layout=gl.SliceLayout(1, o_layout))
-        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-        o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_out[:, None] * stride_om
-                  + cols[None, :])
-        gl.store(o_ptrs, out, mask=rows_out[:, None] < SQ)
+    if HEAD_DIM <= OUT_COLUMNS:
+        _store_staged(o_desc, [b, h, start_m, 0], o_buf, _normalized(acc, scale, o_desc.dtype))
+    else:  # columns c and c + 128 sit in one thread's registers: the split moves no data
+        left, right = gl.split(acc.reshape([ROWS_PER_GROUP, 2, OUT_COLUMNS]).permute((0, 2, 1)))
+        _store_staged(o_desc, [b, h, start_m, 0], o_buf, _normalized(left, scale, o_desc.dtype))
+        _store_staged(o_desc, [b, h, start_m, OUT_COLUMNS], o_buf, _normalized(right, scale, o_desc.dtype))
+
+
+@gluon.jit
+def _normalized(acc, scale, dtype: gl.constexpr):
+    """acc's rows times scale, in dtype."""
+    return (acc * gl.convert_layout(scale, gl.SliceLayout(1, acc.type.layout))[:, None]).to(dtype)
 
 
 @gluon.jit
@@ -383,7 +383,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     waited on instruction fetch, benchmarks/NOTES.md entries 28-30), and no turn of its own for its last P V."""
     Q_BUFFERS: gl.constexpr = q_buffers(HEAD_DIM)
     _, _, SQ, SKV = shape
-    Lse = io[5]
+    o_desc, Lse = io[3], io[4]
     q_smem, o_smem, k_ring, v_ring, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turn = bufs
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N)
@@ -464,7 +464,9 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                 p_op = p_next
                 before = g
                 if (i == 0) & (g > 0):  # the pending tile's last P V has run: its output leaves
-                    _write_out(io, SQ, pending[1:], acc, l_done, o_buf, HEAD_DIM, o_layout)
+                    _write_out(o_desc, pending[1:], acc, l_done, o_buf, HEAD_DIM)
+                    if HEAD_DIM > OUT_COLUMNS:  # block 0's alpha zeroes acc anyway; said here, acc ends at the
+                        acc = gl.zeros_like(acc)  # stores, which then spill nothing in the key loop (ptxas 12.8)
             mbarrier.arrive(q_empty.index(q_index), count=1)  # the tile's last Q K^T has run
             pending = (bh, b, h, start_m)
             used += n_blocks
@@ -472,8 +474,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
         else:  # a tile that sees no key: zeros (the pending tile's output waits for its P V)
             no_key = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
             _write_lse(Lse, SQ, bh, start_m, no_key, no_key, rows_s)
-            _write_out(io, SQ, (b, h, start_m), gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout), no_key,
-                       o_buf, HEAD_DIM, o_layout)
+            _write_out(o_desc, (b, h, start_m), gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout), no_key,
+                       o_buf, HEAD_DIM)
         t = _take_tile(t, tiles, tiles_done - 1, DYNAMIC)
 
     if used > 0:  # the last tile's last P V, on a turn of its own
@@ -486,22 +488,21 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(v_empty.index(last), count=1)
         _write_lse(Lse, SQ, pending[0], pending[3], m_i, l_i, rows_s)
-        _write_out(io, SQ, pending[1:], acc, l_i, o_buf, HEAD_DIM, o_layout)
-    if o_staged(HEAD_DIM):
-        tma.store_wait(0)  # the shared memory stays allocated until the last store has read it
+        _write_out(o_desc, pending[1:], acc, l_i, o_buf, HEAD_DIM)
+    tma.store_wait(0)  # the shared memory stays allocated until the last store has read it
 
 
 @gluon.jit
 def attention_fwd_hopper_kernel(
-        q_desc, k_desc, v_desc, o_desc, O, Lse, KvLo, KvHi, Holes, KeyKeep, DocStart, qk_scale, sm_scale, softcap,
-        window, stride_ob, stride_oh, stride_om, stride_keep_b, stride_doc_b,
+        q_desc, k_desc, v_desc, o_desc, Lse, KvLo, KvHi, Holes, KeyKeep, DocStart, qk_scale, sm_scale, softcap,
+        window, stride_keep_b, stride_doc_b,
         H, GROUP, SQ, SKV, BH, SECTION, Tickets,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
         SOFTCAP: gl.constexpr, DYNAMIC: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
-    reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D) and o_desc writes them to O (up to head size 128, o_staged;
-    above, O is written through its pointer and strides), k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
+    reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D) and o_desc writes (1, 1, 64, min(HEAD_DIM, OUT_COLUMNS))
+    tiles of O, k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
     (B, HK, SKV, D); KvLo/KvHi (B,) int32 the keys [lo, hi) a padding mask leaves (read with HAS_PADDING); Holes (B,)
     int8 whether batch row b's kept keys have gaps and KeyKeep (B, SKV) int8 rows stride_keep_b apart the mask itself
     (read with HAS_HOLES); window the sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows
@@ -515,10 +516,7 @@ def attention_fwd_hopper_kernel(
     gl.static_assert(STAGES >= 2, "the K and V rings need at least two stages")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2 * q_buffers(HEAD_DIM)] + q_desc.block_type.shape, q_desc.layout)
-    if o_staged(HEAD_DIM):
-        o_smem = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
-    else:
-        o_smem = q_smem  # unused
+    o_smem = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     q_ready = barriers(2 * q_buffers(HEAD_DIM), 1)
@@ -530,7 +528,7 @@ def attention_fwd_hopper_kernel(
     v_empty = barriers(STAGES, 2)
     mbarrier.arrive(turn.index(0), count=1)  # group 0 issues first
 
-    io = (q_desc, k_desc, v_desc, o_desc, O, Lse, stride_ob, stride_oh, stride_om)
+    io = (q_desc, k_desc, v_desc, o_desc, Lse)
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)

@@ -21,7 +21,7 @@ from .tiles import LOG2E, SOFTCAP_EXACT, SOFTCAP_HW_TANH, SOFTCAP_NONE, dropout_
 try:  # Gluon's Hopper language (Triton 3.6 and later)
     from .hopper_backward import attention_bwd_dkdv_hopper_kernel, keys_per_program
     from .hopper_dq import attention_bwd_dq_hopper_kernel
-    from .hopper_forward import ROWS_PER_GROUP, attention_fwd_hopper_kernel, shared_layout
+    from .hopper_forward import OUT_COLUMNS, ROWS_PER_GROUP, attention_fwd_hopper_kernel, shared_layout
 except ImportError:
     attention_fwd_hopper_kernel = attention_bwd_dkdv_hopper_kernel = attention_bwd_dq_hopper_kernel = None
     keys_per_program = None
@@ -233,11 +233,11 @@ def _on_tensor_device(run):
 
 # The Gluon forward (hopper_forward.py) on Hopper, for what its docstring lists (HF_SDPA_HOPPER_FORWARD=0 turns it
 # off). Per head size, its key block and ring depth: 128 and 256, where it measured 6-21% faster than forward.py
-# (benchmarks/hopper_ab.py, NOTES.md entry 14; at 256 4-13% since entry 30, entry 31); at 64 forward.py stays, 4-8%
-# faster (1-10% with entry 30's loop, entry 31). HOPPER_FORWARD_MIN_KEYS: the
-# key length from which it pays per head size; below, forward.py's lighter programs are left (head size 128: 22%
-# faster than forward.py at 512 keys with MHA causal once a tile's last P V runs with the next tile's first block,
-# NOTES.md entry 30, level before; shorter keys not measured; head size 256 wins at 512 too).
+# (benchmarks/hopper_ab.py, NOTES.md entry 14; at 256 13-40% since its output leaves through TMA, entry 32); at 64
+# forward.py stays, 4-8% faster (1-10% with entry 30's loop, entry 31). HOPPER_FORWARD_MIN_KEYS: the key length from
+# which it pays per head size; below, forward.py's lighter programs are left (head size 128: 22% faster than
+# forward.py at 512 keys with MHA causal once a tile's last P V runs with the next tile's first block, NOTES.md
+# entry 30, level before; shorter keys not measured; head size 256 wins at 512 too).
 HOPPER_FORWARD = os.environ.get("HF_SDPA_HOPPER_FORWARD", "1") == "1"
 HOPPER_FORWARD_TILES = {128: (128, 2), 256: (64, 2)}
 HOPPER_FORWARD_MIN_KEYS = {128: 512}
@@ -283,16 +283,16 @@ def _is_hopper(device: torch.device) -> bool:
     return has_tma(device) and torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def _gluon_descriptors(tensors: tuple, rows: tuple):
-    """Gluon descriptors reading (rows, D) tiles of each (B, heads, seq, D) tensor, or None where a tensor's strides
-    keep TMA from addressing it."""
+def _gluon_descriptors(tensors: tuple, rows: tuple, columns: tuple = None):
+    """Gluon descriptors reading (rows, columns) tiles of each (B, heads, seq, D) tensor (columns D unless given), or
+    None where a tensor's strides keep TMA from addressing it."""
     strides = [_tma_strides(t) for t in tensors]
     if None in strides:
         return None
-    D = tensors[0].shape[3]
+    columns = columns or [t.shape[3] for t in tensors]
     dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[tensors[0].dtype]
-    return [unchecked_gluon_descriptor(t, list(t.shape), st, [1, 1, n, D], shared_layout((1, 1, n, D), dtype))
-            for t, st, n in zip(tensors, strides, rows)]
+    return [unchecked_gluon_descriptor(t, list(t.shape), st, [1, 1, n, d], shared_layout((1, 1, n, d), dtype))
+            for t, st, n, d in zip(tensors, strides, rows, columns)]
 
 
 def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
@@ -300,24 +300,26 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     B, H, SQ, D = q.shape
     SKV = k.shape[2]
     block_n, stages = HOPPER_FORWARD_TILES[D]
-    descriptors = _gluon_descriptors((q, k, v, out), (ROWS_PER_GROUP.value, block_n, block_n, ROWS_PER_GROUP.value))
+    rows = ROWS_PER_GROUP.value
+    columns = (D, D, D, min(D, OUT_COLUMNS.value))  # O in halves at head size 256 (hopper_forward.OUT_COLUMNS)
+    descriptors = _gluon_descriptors((q, k, v, out), (rows, block_n, block_n, rows), columns)
     if descriptors is None:
         return False
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
     group = H // k.shape[1]
-    tiles = cdiv(SQ, 2 * ROWS_PER_GROUP.value) * B * H
+    tiles = cdiv(SQ, 2 * rows) * B * H
     programs = min(tiles, _multiprocessors(q.device)) if HOPPER_PERSISTENT else tiles
     dynamic = HOPPER_DYNAMIC and programs < tiles
     # the tickets (hopper_forward._draw_tile): a counter, the count of loaders done, two slots per program
     tickets = counters(q.device, 2 + 2 * programs, "tickets") if dynamic else lse  # lse: unread without DYNAMIC
     HOPPER_FWD(
-        (programs, 1, 1), *descriptors, out, lse, kv_lo, kv_hi, holes, key_keep, documents, qk_scale, sm_scale,
-        softcap, window, *out.stride()[:3], s_keep, s_doc, H, group, SQ, SKV, B * H, section_heads(k, group, B * H),
+        (programs, 1, 1), *descriptors, lse, kv_lo, kv_hi, holes, key_keep, documents, qk_scale, sm_scale,
+        softcap, window, s_keep, s_doc, H, group, SQ, SKV, B * H, section_heads(k, group, B * H),
         tickets, HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"],
         HAS_PADDING=flags["HAS_PADDING"], HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"],
         HAS_DOC=flags["HAS_DOC"], SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, DYNAMIC=dynamic, num_warps=4)
-    _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * ROWS_PER_GROUP.value, BLOCK_N=block_n, warps=9,
+    _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * rows, BLOCK_N=block_n, warps=9,
               stages=stages, TMA=True, persistent=programs < tiles, dynamic=dynamic)
     return True
 

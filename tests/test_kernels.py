@@ -413,11 +413,13 @@ def stub_launches(monkeypatch, launcher) -> list:
     return calls
 
 
+@pytest.mark.parametrize("head_dim", [128, 256])
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per_tile"])
-def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, monkeypatch):
-    """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K, V and O and passes each of the
-    kernel's parameters, in order, with a grid of one program per multiprocessor (persistent, drawing tiles from the
-    stream's tickets; at most one per tile) or one per 128-row tile of each batch row and head."""
+def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, head_dim, monkeypatch):
+    """Without a GPU, the kernel stubbed: ops builds Gluon's descriptors over Q, K, V and O (O's at most 128 columns
+    wide: head size 256 leaves in two halves) and passes each of the kernel's parameters, in order, with a grid of
+    one program per multiprocessor (persistent, drawing tiles from the stream's tickets; at most one per tile) or one
+    per 128-row tile of each batch row and head."""
     if ops.HOPPER_FWD is None:
         pytest.skip("this Triton has no Gluon Hopper language")
     calls = stub_launches(monkeypatch, ops.HOPPER_FWD)
@@ -431,24 +433,24 @@ def test_the_gluon_forward_launch_binds_every_kernel_parameter(persistent, monke
     announced = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [
         lambda kernel, info: announced.append((kernel, info["persistent"], info["dynamic"]))])
-    q = torch.randn(2, 300, 8, 128, dtype=torch.bfloat16).transpose(1, 2)  # the model's layout
-    k, v = (torch.randn(2, 2, 300, 128, dtype=torch.bfloat16) for _ in range(2))
+    q = torch.randn(2, 300, 8, head_dim, dtype=torch.bfloat16).transpose(1, 2)  # the model's layout
+    k, v = (torch.randn(2, 2, 300, head_dim, dtype=torch.bfloat16) for _ in range(2))
     out, lse = ops.run_forward(q, k, v, dense_pattern(scale=0.125))
     (grid, warps, args), = calls
     assert grid == ((5 if persistent else 3 * 16), 1, 1) and warps == 4
     assert announced == [("attention_fwd_hopper_kernel", persistent, persistent)]
     assert args["DYNAMIC"] == persistent and (args["Tickets"] is tickets) == persistent
     assert (args["BH"], args["SECTION"]) == (16, 16)  # 300 keys: every head's K and V share the L2 cache
+    block_n = ops.HOPPER_FORWARD_TILES[head_dim][0]
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc", "o_desc")]
-    assert blocks == [[1, 1, 64, 128], [1, 1, 128, 128], [1, 1, 128, 128], [1, 1, 64, 128]]
+    assert blocks == [[1, 1, 64, head_dim], [1, 1, block_n, head_dim], [1, 1, block_n, head_dim], [1, 1, 64, 128]]
     assert args["q_desc"].strides == list(q.stride()) and args["k_desc"].base is k
     assert args["o_desc"].base is out and args["o_desc"].strides == list(out.stride())
-    assert args["O"] is out and args["Lse"] is lse and args["qk_scale"] == pytest.approx(0.125 * 1.4426950408889634)
+    assert args["Lse"] is lse and args["qk_scale"] == pytest.approx(0.125 * 1.4426950408889634)
     assert not (args["HAS_PADDING"] or args["HAS_WINDOW"] or args["HAS_DOC"] or args["SOFTCAP"])
     assert args["window"] == 0
-    assert (args["stride_ob"], args["stride_oh"], args["stride_om"]) == out.stride()[:3]
     assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 300, 300)
-    assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (128, 128, 2, True)
+    assert (args["HEAD_DIM"], args["BLOCK_N"], args["STAGES"], args["CAUSAL"]) == (head_dim, block_n, 2, True)
 
 
 @pytest.mark.parametrize("head_dim, keys", [(64, 128), (256, 64)])

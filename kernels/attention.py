@@ -203,6 +203,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     if scale < 0:  # the forward takes the row max of unscaled scores, so the sign goes into q (autograd flips dQ)
         q, scale = -q, -scale
+    elif scale == 0:  # zero scores through zero queries: the kernels' masked -inf times a zero scale would be NaN
+        q, scale = q * 0.0, 1.0
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if key_padding_mask is not None:

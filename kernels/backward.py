@@ -21,8 +21,9 @@ from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows,
 def _dkdv_tile(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_dom, b, h, offs_n, start_m,
                bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+               CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
+               HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               TMA: tl.constexpr):
     """Adds one query block [start_m, start_m + BLOCK_M) of head h to dK, dV of one key block; tiles are
     (keys, rows)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -42,7 +43,7 @@ def _dkdv_tile(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, str
         if HAS_DOC:
             doc = tl.load(doc_base + offs_m, mask=offs_m < SQ, other=0)[None, :]
         keep = tile_mask(offs_m[None, :], offs_n[:, None], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc,
-                         CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+                         CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
         s_t = tl.where(keep, s_t, float("-inf"))
     p_t = tl.math.exp2(s_t - lse[None, :])
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -65,9 +66,9 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_q
                  stride_dom, b, h_first, n_heads, H, offs_n, m_begin, m_end, SQ, SKV, kv_lo, kv_hi, window, key_keep,
                  doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-                 SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-                 HEADS_INNER: tl.constexpr):
+                 CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
+                 HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 TMA: tl.constexpr, HEADS_INNER: tl.constexpr):
     """Accumulates dK, dV of one key block over query rows [m_begin, m_end) of the heads [h_first, h_first +
     n_heads). HEADS_INNER: one loop over (query block, head) pairs, heads innermost, so that in a model's
     (B, S, H, D) layout a group's rows are read side by side; else head by head."""
@@ -80,7 +81,7 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_q
             dk, dv = _dkdv_tile(dk, dv, k, v, q_src, do_src, Lse + bh.to(tl.int64) * SQ, Delta + bh.to(tl.int64) * SQ,
                                 stride_qm, stride_dom, b, h, offs_n, start_m, bh, SQ, SKV, kv_lo, kv_hi, window,
                                 key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D,
-                                BLOCK_M, MASKED, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
+                                BLOCK_M, MASKED, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
                                 DOT_PRECISION, TMA)
             h += 1
             wrap = h == h_first + n_heads
@@ -95,8 +96,8 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_q
                 dk, dv = _dkdv_tile(dk, dv, k, v, q_src, do_src, Lse + bh.to(tl.int64) * SQ,
                                     Delta + bh.to(tl.int64) * SQ, stride_qm, stride_dom, b, h, offs_n, start_m, bh,
                                     SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
-                                    dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, MASKED, CAUSAL, HAS_WINDOW,
-                                    HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
+                                    dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, MASKED, CAUSAL, HAS_PADDING,
+                                    HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
     return dk, dv
 
 
@@ -143,8 +144,8 @@ def attention_bwd_dkdv_kernel(
             dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_qm, stride_dob,
                                   stride_doh, stride_dom, b, hk * GROUP + g, heads_per_call, H, offs_n, begin, end,
                                   SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
-                                  dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, phase != 1, CAUSAL, HAS_WINDOW,
-                                  HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, HEADS_INNER)
+                                  dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, phase != 1, CAUSAL, HAS_PADDING,
+                                  HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, HEADS_INNER)
 
     st = ld
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn
@@ -158,8 +159,9 @@ def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk,
                bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                qk_scale, sm_scale, softcap, dropout_p, seed,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-               SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+               CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
+               HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               TMA: tl.constexpr):
     """Accumulates dQ of one query block over keys [n_begin, n_end); tiles are (rows, keys)."""
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -169,7 +171,7 @@ def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk,
                            SOFTCAP)
         if MASKED:
             s = mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
-                            CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+                            CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
@@ -227,8 +229,8 @@ def attention_bwd_dq_kernel(
         begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
         dq = _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, begin, end,
                         bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, qk_scale, sm_scale, softcap,
-                        dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES,
-                        HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
+                        dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, phase != 1, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                        HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=ld)
 

@@ -32,7 +32,7 @@ def attention_decode_kernel(
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < GROUP * SQ
     h = hk * GROUP + rows // SQ
-    q_idx = tl.where(row_ok, rows % SQ, SQ)  # an idle row gets an index the mask rejects
+    q_idx = tl.where(row_ok, rows % SQ, SQ)  # an idle row's result is never stored
     offs_d = tl.arange(0, BLOCK_D)
     q_ptrs = (Q + b.to(tl.int64) * stride_qb + h[:, None].to(tl.int64) * stride_qh + q_idx[:, None] * stride_qm
               + offs_d[None, :])
@@ -58,7 +58,7 @@ def attention_decode_kernel(
             acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, q_idx,
                                         begin, end, bhk, SQ, SKV, kv_lo, kv_hi, window, keep_base, no_doc,
                                         qk_scale, sm_scale, softcap, 0.0, 0, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                        phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, False, SOFTCAP, False,
+                                        phase != 1, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, False, SOFTCAP, False,
                                         DOT_PRECISION, TMA)
     empty = l_i == 0.0
     part = bhk.to(tl.int64) * tl.num_programs(0) + split

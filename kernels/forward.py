@@ -16,32 +16,28 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
                 bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                 qk_scale, sm_scale, softcap, dropout_p, seed,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr,
-                SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+                CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
+                HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                TMA: tl.constexpr):
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
         v = load_rows(v_src, b, hk, start_n, stride_vn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if MASKED and SOFTCAP == SOFTCAP_NONE:  # scaled before the mask: the scale may be 0, and -inf * 0 is NaN
-            s = mask_scores(qk * qk_scale, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
-                            CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays at zero
-            p = tl.math.exp2(s - m_ref[:, None])
-        else:  # the factor goes into the exponent's multiply-add: the max of the unscaled tile, scaled once per row
-            factor = qk_scale
-            if SOFTCAP != SOFTCAP_NONE:  # softcap * log2(e) * tanh(s / softcap): a positive factor
-                qk = capped(qk, sm_scale, softcap, SOFTCAP)
-                factor = softcap * LOG2E
-            if MASKED:
-                qk = mask_scores(qk, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
-                                 CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * factor)
-            m_ref = m_new
-            if MASKED:
-                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk * factor - m_ref[:, None])
+        # The factor (positive: ops.Pattern) goes into the exponent's multiply-add: the max of the unscaled tile,
+        # scaled once per row; a masked score is -inf before it and after
+        factor = qk_scale
+        if SOFTCAP != SOFTCAP_NONE:  # softcap * log2(e) * tanh(s / softcap)
+            qk = capped(qk, sm_scale, softcap, SOFTCAP)
+            factor = softcap * LOG2E
+        if MASKED:
+            qk = mask_scores(qk, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+                             CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * factor)
+        m_ref = m_new
+        if MASKED:  # a row with no key yet stays at zero
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk * factor - m_ref[:, None])
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
@@ -93,7 +89,7 @@ def attention_fwd_kernel(
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m,
                                     begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                                     qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                    phase != 1, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
+                                    phase != 1, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
                                     DOT_PRECISION, TMA)
 
     empty = l_i == 0.0

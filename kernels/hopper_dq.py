@@ -25,8 +25,8 @@ from .tiles import LOG2E
 
 @gluon.jit
 def _ds_factor(qk, lse, start_n, offs_m, rows, score, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-               HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr,
-               s_layout: gl.constexpr):
+               HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
+               SOFTCAP: gl.constexpr, s_layout: gl.constexpr):
     """P of a (rows, keys) block, times the softcap's derivative 1 - tanh^2 with softcap: dS = this * (dP - Delta).
     Hidden pairs are 0 (rows: hopper_forward.row_masks')."""
     qk_scale, sm_scale, softcap = score
@@ -36,7 +36,8 @@ def _ds_factor(qk, lse, start_n, offs_m, rows, score, BLOCK_N: gl.constexpr, CAU
     else:
         p = gl.exp2(qk * qk_scale - lse[:, None])
     if masked_block(start_n, rows, BLOCK_N):
-        p = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, s_layout), p, 0.0)
+        p = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC,
+                             s_layout), p, 0.0)
     if SOFTCAP:
         return p * (1.0 - t * t)
     return p
@@ -89,8 +90,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
             # The exponentials sit in a branch that is always taken, so that they run while dP is in flight (ptxas
             # would otherwise wait for both matmuls at once, as in hopper_forward.py).
             if SKV > 0:
-                factor = _ds_factor(qk, lse, start_n, offs_m, rows, score, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES,
-                                    HAS_DOC, SOFTCAP, s_layout)
+                factor = _ds_factor(qk, lse, start_n, offs_m, rows, score, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW,
+                                    HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
             else:
                 factor = qk
             dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))

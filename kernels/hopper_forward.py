@@ -270,14 +270,18 @@ def masked_block(start_n, rows, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
-def visible(start_n, offs_m, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
-            HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, s_layout: gl.constexpr):
-    """The (rows, keys) pairs of the key block from start_n that attend (rows: row_masks')."""
+def visible(start_n, offs_m, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr,
+            HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, s_layout: gl.constexpr):
+    """The (rows, keys) pairs of the key block from start_n that attend (rows: row_masks'). Causal without padding
+    needs no key range, as in tiles.tile_mask: one compare per pair for the causal mask alone."""
     lo, hi, _, _, offset, window, doc_rows, keep_row = rows
     offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    keep = (offs_n[None, :] >= lo) & (offs_n[None, :] < hi)
-    if CAUSAL:
-        keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
+    if CAUSAL and not HAS_PADDING:
+        keep = offs_n[None, :] <= offs_m[:, None] + offset
+    else:
+        keep = (offs_n[None, :] >= lo) & (offs_n[None, :] < hi)
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
     if HAS_WINDOW:
         keep = keep & (offs_n[None, :] > offs_m[:, None] + offset - window)
     if HAS_DOC:
@@ -290,8 +294,8 @@ def visible(start_n, offs_m, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, 
 
 @gluon.jit
 def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-            HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr,
-            s_layout: gl.constexpr):
+            HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
+            SOFTCAP: gl.constexpr, s_layout: gl.constexpr):
     """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials, in the log2
     domain. score = (qk_scale, sm_scale, softcap), as ops passes them to every kernel: without softcap the scores are
     qk * qk_scale (qk_scale = sm_scale * log2(e)), with it softcap * log2(e) * tanh(qk * sm_scale / softcap), through
@@ -303,7 +307,8 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
         qk = hardware_tanh(qk * (sm_scale / softcap))
         qk_scale = softcap * LOG2E
     if masked_block(start_n, rows, BLOCK_N):
-        qk = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, s_layout), qk,
+        qk = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC,
+                              s_layout), qk,
                       float("-inf"))
         m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
         m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
@@ -452,7 +457,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                 # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
                 if SKV > 0:
                     m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N,
-                                              CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
+                                              CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
                     alpha = gl.exp2(m_i - m_ref)
                     l_new = l_i * alpha + gl.sum(p, axis=1)
                     p_next = gl.convert_layout(p.to(dtype), p_layout)

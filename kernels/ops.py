@@ -60,7 +60,9 @@ class Pattern(NamedTuple):
     key_keep (B, SKV) int8 and holes (B,) int8: the padding mask itself, for masks with gaps;
     documents (B, 2, SQ) int32, contiguous: per row its document's first index ([:, 0]) and one past its last
     ([:, 1]) (packed sequences; the kernels take it as DocStart and find the ends SQ further on);
-    longest_document: the longest one's length where attention() read it (else None), for the configuration.
+    longest_document: the longest one's length where attention() read it (else None), for the configuration;
+    scale: positive (attention() moves a negative or zero one into q): the kernels scale a row's maximum after
+    taking it and multiply masked scores of -inf by it.
     """
     kv_lo: Optional[torch.Tensor]
     kv_hi: Optional[torch.Tensor]

@@ -141,16 +141,22 @@ def load_rows(src, b, h, start, stride_row, n_rows, HEAD_DIM: tl.constexpr, BLOC
 
 
 @triton.jit
-def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
-              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
+def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start, CAUSAL: tl.constexpr,
+              HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
     """True where row q_idx may attend key k_idx; the caller shapes the indices (M, 1)/(1, N) or transposed.
 
-    One select per condition: a single key range per row (a subtraction and an unsigned compare) has fewer
-    instructions but measured 2-7% slower on padded, window and softcap inputs (benchmarks/NOTES.md entry 9)."""
+    Causal without padding needs no key range: the diagonal keeps a row before SQ off the keys from SKV on, and
+    rows from SQ on (idle rows past the end) are never stored, their Q and dO zeros and their LSE +inf in the
+    backward, so whatever they see stays finite and unused; the causal mask alone is then one compare per pair.
+    Otherwise one select per condition: a single key range per row (a subtraction and an unsigned compare) has
+    fewer instructions but measured 2-7% slower on padded, window and softcap inputs (benchmarks/NOTES.md entry 9)."""
     diag = q_idx + (SKV - SQ)
-    keep = (k_idx >= kv_lo) & (k_idx < kv_hi) & (q_idx < SQ)
-    if CAUSAL:
-        keep = keep & (k_idx <= diag)
+    if CAUSAL and not HAS_PADDING:
+        keep = k_idx <= diag
+    else:
+        keep = (k_idx >= kv_lo) & (k_idx < kv_hi) & (q_idx < SQ)
+        if CAUSAL:
+            keep = keep & (k_idx <= diag)
     if HAS_WINDOW:
         keep = keep & (k_idx > diag - window)
     if HAS_DOC:
@@ -161,14 +167,14 @@ def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start,
 
 
 @triton.jit
-def mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
-                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
+def mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, CAUSAL: tl.constexpr,
+                HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr):
     """A (rows, keys) tile of scores with what the pattern hides set to -inf (forward and dQ passes)."""
     key_keep = 0
     if HAS_HOLES:
         key_keep = tl.load(keep_base + offs_n, mask=offs_n < SKV, other=0)[None, :]
     keep = tile_mask(offs_m[:, None], offs_n[None, :], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_rows[:, None],
-                     CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+                     CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
     return tl.where(keep, s, float("-inf"))
 
 

@@ -96,6 +96,7 @@ CASES = [
     (1, 1, 1, 1000, 1000, 16, dict(causal=True, window=64)),
     (2, 2, 1, 33, 33, 32, dict(causal=True, scale=-0.2)),  # any scale torch's SDPA takes: negative ...
     (1, 2, 2, 24, 40, 16, dict(padding="left", scale=0.0)),  # ... or zero (uniform over the kept keys)
+    (1, 2, 1, 20, 20, 32, dict(causal=True, scale=0.0)),
 ]
 
 

@@ -6,9 +6,11 @@ count the instructions of each loop body by kind, with the registers and stack a
     python benchmarks/sass_loops.py hopper_backward --head-dim 128 --block-m 64 --stages 2   (the Gluon dK/dV)
     python benchmarks/sass_loops.py hopper_dq --head-dim 128 --block-n 64 --stages 2          (the Gluon dQ)
 
-Triton ships ptxas and nvdisasm, so this needs no device. The forward, dQ and dK/dV kernels walk their blocks in
-three phases (masked edge, unmasked middle, masked edge, kernels/tiles.py): the middle loop is where a long
-sequence spends its time, and its instruction count is what a change to the softmax should lower. A count is a
+Triton ships ptxas and nvdisasm, so this needs no device. The forward, dQ, dK/dV and decode kernels walk their
+blocks in three loops (masked edge, unmasked middle, masked edge) or in one whose edge blocks take the
+element-wise mask in a branch (kernels/tiles.py): the unmasked loop, or the one loop's short path (the path that
+skips the branch), is where a long sequence spends its time, and its instruction count is what a change to the
+softmax should lower; the kernel's instructions in all are what a short sequence fetches. A count is a
 prediction, not a measurement: the device's timings decide (benchmarks/NOTES.md).
 """
 import argparse
@@ -191,17 +193,48 @@ def _loop_bodies(sass: str) -> list:
     return bodies
 
 
-def loop_report(compiled) -> dict:
-    """Registers and stack per thread, and per loop body (innermost first) the count of each instruction kind."""
+def _short_path(body: list, sass: str) -> list:
+    """The body's instructions on the path that takes its longest forward branch within the body: in forward.py,
+    dQ, dK/dV and decode the branch around the element-wise mask, so the path of a block in the middle."""
+    starts = {}  # label -> the address of the first instruction after it
+    pending = []
+    for line in sass.splitlines():
+        if m := re.match(r"^\s*\.?(L_x_\d+):", line):
+            pending.append(m.group(1))
+        elif (a := re.search(r"/\*([0-9a-f]{4,})\*/", line)) and pending:
+            starts.update((label, a.group(1)) for label in pending)
+            pending = []
+    where = {re.search(r"/\*([0-9a-f]{4,})\*/", b).group(1): i for i, b in enumerate(body)}
+    skip = (0, 0)
+    for i, line in enumerate(body):
+        m = re.search(r"\bBRA\b[^;]*?(L_x_\d+)", line)
+        j = where.get(starts.get(m.group(1))) if m else None
+        if j is not None and j - i > skip[1] - skip[0]:
+            skip = (i + 1, j)
+    return body[:skip[0]] + body[skip[1]:]
+
+
+def loop_report(compiled, short_paths: bool = False) -> dict:
+    """Registers and stack per thread, the kernel's instructions in all, and per loop body (innermost first) the
+    count of each instruction kind, and with short_paths (forward.py, dQ, dK/dV, decode) those on its short path
+    (_short_path: a block that skips the mask) too."""
     sass, usage = _disassemble(compiled)
     resources = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
     loops = []
     opcode = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+
+    def kinds(lines):
+        return dict(collections.Counter(m.group(1) for line in lines if (m := opcode.search(line))).most_common())
+
     for body in _loop_bodies(sass):
-        kinds = collections.Counter(m.group(1) for line in body if (m := opcode.search(line)))
-        loops.append(dict(instructions=sum(kinds.values()), kinds=dict(kinds.most_common())))
+        every = kinds(body)
+        loops.append(dict(instructions=sum(every.values()), kinds=every))
+        if short_paths:
+            short = kinds(_short_path(body, sass))
+            loops[-1].update(short_path=sum(short.values()), short_kinds=short)
     loops.sort(key=lambda lp: lp["instructions"])
-    return dict(resources, loops=loops)
+    total = sum(1 for line in sass.splitlines() if opcode.search(line))
+    return dict(resources, instructions=total, loops=loops)
 
 
 def exponentials_between_waits(compiled) -> list:
@@ -254,16 +287,20 @@ def main():
         compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                    BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                                    CAUSAL=not args.full, TMA=not args.no_tma, **masks)
-    report = dict(loop_report(compiled), exponentials_between_waits=exponentials_between_waits(compiled))
+    report = dict(loop_report(compiled, args.kernel in KERNELS),
+                  exponentials_between_waits=exponentials_between_waits(compiled))
     if args.json:
         print(json.dumps(report, indent=1))
         return
     print(f"{args.kernel} d{args.head_dim} {args.block_m}x{args.block_n} warps {args.warps} stages {args.stages} "
-          f"TMA {not args.no_tma}: {report['reg']} registers, stack {report['stack']} bytes")
+          f"TMA {not args.no_tma}: {report['reg']} registers, stack {report['stack']} bytes, "
+          f"{report['instructions']} instructions in all")
     for lp in report["loops"]:
         top = ", ".join(f"{k} {n}" for k, n in list(lp["kinds"].items())[:12])
         spills = f"LDL {lp['kinds'].get('LDL', 0)}, STL {lp['kinds'].get('STL', 0)}"
-        print(f"  loop of {lp['instructions']} instructions ({spills}): {top}")
+        short = f", {lp['short_path']} on its short path" if lp.get("short_path", lp["instructions"]) < lp[
+            "instructions"] else ""
+        print(f"  loop of {lp['instructions']} instructions{short} ({spills}): {top}")
 
 
 if __name__ == "__main__":

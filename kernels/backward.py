@@ -13,39 +13,41 @@ where Z is the forward's keep pattern scaled by 1 / (1 - p); with softcap, dS is
 import triton
 import triton.language as tl
 
-from .tiles import (dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, mask_scores,
-                    phase_bounds, query_bounds, split_phases, tile_mask)
+from .tiles import (MASK_NONE, dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits, mask_scores,
+                    masks_block, middle_blocks, query_bounds, tile_mask, walk_bounds, walk_mask, walks)
 
 
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, stride_dom, b, h, offs_n, start_m,
-               bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-               CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
-               HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               TMA: tl.constexpr):
+               mid_lo, mid_len, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
+               dropout_p, seed, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+               MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               HAS_HOLES: tl.constexpr, HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
     """Adds one query block [start_m, start_m + BLOCK_M) of head h to dK, dV of one key block; tiles are
-    (keys, rows)."""
+    (keys, rows), masked as MASK says (tiles.py; the middle: [mid_lo, mid_lo + mid_len))."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    q = load_rows(q_src, b, h, start_m, stride_qm, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASKED, TMA)
-    do = load_rows(do_src, b, h, start_m, stride_dom, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASKED, TMA)
-    if MASKED:
+    q = load_rows(q_src, b, h, start_m, stride_qm, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASK != MASK_NONE, TMA)
+    do = load_rows(do_src, b, h, start_m, stride_dom, SQ, HEAD_DIM, BLOCK_M, BLOCK_D, MASK != MASK_NONE, TMA)
+    if MASK != MASK_NONE:
+        # Rows from SQ on read zeros (the copy's own zero fill, no select per value): their Q and dO are zeros
+        # too, so whatever P they get, they add nothing to dK and dV
         row_ok = offs_m < SQ
-        lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
+        lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
     else:
         lse = tl.load(lse_base + offs_m)
         delta = tl.load(delta_base + offs_m)
-    s_t, tanh_t = logits(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
-                         SOFTCAP)
-    if MASKED:
+    s_t, factor, tanh_t = logits(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
+                                 SOFTCAP)
+    if masks_block(start_m, mid_lo, mid_len, MASK):
         doc = 0
         if HAS_DOC:
             doc = tl.load(doc_base + offs_m, mask=offs_m < SQ, other=0)[None, :]
         keep = tile_mask(offs_m[None, :], offs_n[:, None], SQ, SKV, kv_lo, kv_hi, window, key_keep, doc,
                          CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
         s_t = tl.where(keep, s_t, float("-inf"))
-    p_t = tl.math.exp2(s_t - lse[None, :])
+    p_t = tl.math.exp2(s_t * factor - lse[None, :])
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     if DROPOUT:
         kept = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], SKV, dropout_p)
@@ -63,9 +65,9 @@ def _dkdv_tile(dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qm, str
 
 @triton.jit
 def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_qm, stride_dob, stride_doh,
-                 stride_dom, b, h_first, n_heads, H, offs_n, m_begin, m_end, SQ, SKV, kv_lo, kv_hi, window, key_keep,
-                 doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+                 stride_dom, b, h_first, n_heads, H, offs_n, m_begin, m_end, mid_lo, mid_len, SQ, SKV, kv_lo, kv_hi,
+                 window, key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASK: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
                  HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  TMA: tl.constexpr, HEADS_INNER: tl.constexpr):
@@ -79,10 +81,10 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_q
             bh = b * H + h
             q_src, do_src = head_sources(Q, DO, b, h, stride_qb, stride_qh, stride_dob, stride_doh, TMA)
             dk, dv = _dkdv_tile(dk, dv, k, v, q_src, do_src, Lse + bh.to(tl.int64) * SQ, Delta + bh.to(tl.int64) * SQ,
-                                stride_qm, stride_dom, b, h, offs_n, start_m, bh, SQ, SKV, kv_lo, kv_hi, window,
-                                key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D,
-                                BLOCK_M, MASKED, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
-                                DOT_PRECISION, TMA)
+                                stride_qm, stride_dom, b, h, offs_n, start_m, mid_lo, mid_len, bh, SQ, SKV, kv_lo,
+                                kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap, dropout_p, seed,
+                                HEAD_DIM, BLOCK_D, BLOCK_M, MASK, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC,
+                                SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
             h += 1
             wrap = h == h_first + n_heads
             h = tl.where(wrap, h_first, h)
@@ -94,10 +96,10 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_q
             q_src, do_src = head_sources(Q, DO, b, h, stride_qb, stride_qh, stride_dob, stride_doh, TMA)
             for start_m in range(m_begin, m_end, BLOCK_M):
                 dk, dv = _dkdv_tile(dk, dv, k, v, q_src, do_src, Lse + bh.to(tl.int64) * SQ,
-                                    Delta + bh.to(tl.int64) * SQ, stride_qm, stride_dom, b, h, offs_n, start_m, bh,
-                                    SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
-                                    dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, MASKED, CAUSAL, HAS_PADDING,
-                                    HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
+                                    Delta + bh.to(tl.int64) * SQ, stride_qm, stride_dom, b, h, offs_n, start_m,
+                                    mid_lo, mid_len, bh, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale,
+                                    sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, MASK, CAUSAL,
+                                    HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
     return dk, dv
 
 
@@ -131,21 +133,23 @@ def attention_bwd_dkdv_kernel(
     kv_lo, kv_hi = kv_range(KvLo, KvHi, b, SKV, HAS_PADDING)
     lo, hi, full_lo, full_hi = query_bounds(b, start_n, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b, window,
                                             BLOCK_N, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
-    m_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_M)
+    m_start, mid_lo, mid_len = middle_blocks(lo, hi, full_lo, full_hi, BLOCK_M)
     doc_base = DocStart + b * stride_doc_b
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    # heads inner: the three phases, each over the whole group; else head by head, the phases within each
+    # heads inner: each walk over the whole group; else head by head, the walks within each
     heads_per_call = GROUP if HEADS_INNER else 1
+    WALKS: tl.constexpr = walks(TMA)
     for g in range(0, GROUP, heads_per_call):
-        for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
-            begin, end = phase_bounds(phase, m_start, mid_lo, mid_hi, hi)
+        for walk in tl.static_range(WALKS):
+            begin, end = walk_bounds(walk, m_start, mid_lo, mid_len, hi, WALKS)
             dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, stride_qb, stride_qh, stride_qm, stride_dob,
                                   stride_doh, stride_dom, b, hk * GROUP + g, heads_per_call, H, offs_n, begin, end,
-                                  SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale, sm_scale, softcap,
-                                  dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M, phase != 1, CAUSAL, HAS_PADDING,
-                                  HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA, HEADS_INNER)
+                                  mid_lo, mid_len, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_base, qk_scale,
+                                  sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_M,
+                                  walk_mask(walk, WALKS), CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP,
+                                  DROPOUT, DOT_PRECISION, TMA, HEADS_INNER)
 
     st = ld
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn
@@ -155,24 +159,25 @@ def attention_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, n_begin, n_end,
-               bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+def _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, n_begin, n_end, mid_lo,
+               mid_len, bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                qk_scale, sm_scale, softcap, dropout_p, seed,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
                HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
                TMA: tl.constexpr):
-    """Accumulates dQ of one query block over keys [n_begin, n_end); tiles are (rows, keys)."""
+    """Accumulates dQ of one query block over keys [n_begin, n_end); tiles are (rows, keys), masked as MASK says
+    (tiles.py; the middle: [mid_lo, mid_lo + mid_len))."""
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
-        v = load_rows(v_src, b, hk, start_n, stride_vn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
-        s, tanh_s = logits(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
-                           SOFTCAP)
-        if MASKED:
+        k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASK != MASK_NONE, TMA)
+        v = load_rows(v_src, b, hk, start_n, stride_vn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASK != MASK_NONE, TMA)
+        s, factor, tanh_s = logits(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, sm_scale,
+                                   softcap, SOFTCAP)
+        if masks_block(start_n, mid_lo, mid_len, MASK):
             s = mask_scores(s, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                             CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
-        p = tl.math.exp2(s - lse[:, None])
+        p = tl.math.exp2(s * factor - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
             kept = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], SKV, dropout_p)
@@ -222,15 +227,16 @@ def attention_bwd_dq_kernel(
     kv_lo, kv_hi = kv_range(KvLo, KvHi, b, SKV, HAS_PADDING)
     lo, hi, full_lo, full_hi = key_bounds(b, start_m, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b, window,
                                           BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
-    n_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_N)
+    n_start, mid_lo, mid_len = middle_blocks(lo, hi, full_lo, full_hi, BLOCK_N)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
-        begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
-        dq = _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, begin, end,
-                        bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, qk_scale, sm_scale, softcap,
-                        dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, phase != 1, CAUSAL, HAS_PADDING, HAS_WINDOW,
-                        HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
+    WALKS: tl.constexpr = walks(TMA)
+    for walk in tl.static_range(WALKS):
+        begin, end = walk_bounds(walk, n_start, mid_lo, mid_len, hi, WALKS)
+        dq = _dq_blocks(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, begin, end, mid_lo,
+                        mid_len, bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows, qk_scale, sm_scale, softcap,
+                        dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N, walk_mask(walk, WALKS), CAUSAL, HAS_PADDING,
+                        HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT, DOT_PRECISION, TMA)
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=ld)
 

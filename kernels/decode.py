@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .forward import _fwd_blocks
-from .tiles import head_sources, key_bounds, kv_range, phase_bounds, split_phases
+from .tiles import NO_MAX, head_sources, key_bounds, kv_range, middle_blocks, walk_bounds, walk_mask, walks
 
 
 @triton.jit
@@ -46,19 +46,21 @@ def attention_decode_kernel(
                                           BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, False)
     lo = tl.maximum(lo, split * chunk)
     hi = tl.minimum(hi, (split + 1) * chunk)
-    n_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_N)
+    n_start, mid_lo, mid_len = middle_blocks(lo, hi, full_lo, full_hi, BLOCK_N)
     no_doc = tl.zeros([BLOCK_M], tl.int32)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    m_i = tl.full([BLOCK_M], NO_MAX, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if lo < hi:
-        for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
-            begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, q_idx,
-                                        begin, end, bhk, SQ, SKV, kv_lo, kv_hi, window, keep_base, no_doc,
+        WALKS: tl.constexpr = walks(TMA)
+        for walk in tl.static_range(WALKS):
+            begin, end = walk_bounds(walk, n_start, mid_lo, mid_len, hi, WALKS)
+            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, q_idx, begin,
+                                        end, mid_lo, mid_len, bhk, SQ, SKV, kv_lo, kv_hi, window, keep_base, no_doc,
                                         qk_scale, sm_scale, softcap, 0.0, 0, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                        phase != 1, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, False, SOFTCAP, False,
+                                        walk_mask(walk, WALKS),
+                                        CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, False, SOFTCAP, False,
                                         DOT_PRECISION, TMA)
     empty = l_i == 0.0
     part = bhk.to(tl.int64) * tl.num_programs(0) + split

@@ -7,38 +7,34 @@ output and the row log-sum-exp (log2 units; +inf for a row that sees no key) for
 import triton
 import triton.language as tl
 
-from .tiles import (LOG2E, SOFTCAP_NONE, capped, dropout_keep, head_sources, key_bounds, kv_range, load_rows,
-                    mask_scores, phase_bounds, split_phases)
+from .tiles import (MASK_NONE, NO_MAX, dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits,
+                    mask_scores, masks_block, middle_blocks, walk_bounds, walk_mask, walks)
 
 
 @triton.jit
-def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, n_begin, n_end,
+def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, n_begin, n_end, mid_lo, mid_len,
                 bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                 qk_scale, sm_scale, softcap, dropout_p, seed,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
                 HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 TMA: tl.constexpr):
+    """Key blocks [n_begin, n_end), masked as MASK says (tiles.py; the middle: [mid_lo, mid_lo + mid_len))."""
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
-        v = load_rows(v_src, b, hk, start_n, stride_vn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, TMA)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASK != MASK_NONE, TMA)
+        v = load_rows(v_src, b, hk, start_n, stride_vn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASK != MASK_NONE, TMA)
         # The factor (positive: ops.Pattern) goes into the exponent's multiply-add: the max of the unscaled tile,
         # scaled once per row; a masked score is -inf before it and after
-        factor = qk_scale
-        if SOFTCAP != SOFTCAP_NONE:  # softcap * log2(e) * tanh(s / softcap)
-            qk = capped(qk, sm_scale, softcap, SOFTCAP)
-            factor = softcap * LOG2E
-        if MASKED:
+        qk, factor, _ = logits(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, sm_scale, softcap,
+                               SOFTCAP)
+        if masks_block(start_n, mid_lo, mid_len, MASK):
             qk = mask_scores(qk, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                              CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
+        # m_i starts finite (NO_MAX), so a row that has seen no key keeps it and its exponentials of -inf are 0
         m_new = tl.maximum(m_i, tl.max(qk, 1) * factor)
-        m_ref = m_new
-        if MASKED:  # a row with no key yet stays at zero
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk * factor - m_ref[:, None])
-        alpha = tl.math.exp2(m_i - m_ref)
+        p = tl.math.exp2(qk * factor - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
@@ -79,17 +75,19 @@ def attention_fwd_kernel(
     kv_lo, kv_hi = kv_range(KvLo, KvHi, b, SKV, HAS_PADDING)
     lo, hi, full_lo, full_hi = key_bounds(b, start_m, SQ, SKV, kv_lo, kv_hi, Holes, DocStart, stride_doc_b, window,
                                           BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
-    n_start, mid_lo, mid_hi = split_phases(lo, hi, full_lo, full_hi, BLOCK_N)
+    n_start, mid_lo, mid_len = middle_blocks(lo, hi, full_lo, full_hi, BLOCK_N)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    m_i = tl.full([BLOCK_M], NO_MAX, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for phase in tl.static_range(3):  # masked edge, unmasked middle, masked edge
-        begin, end = phase_bounds(phase, n_start, mid_lo, mid_hi, hi)
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m,
-                                    begin, end, bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
+    WALKS: tl.constexpr = walks(TMA)
+    for walk in tl.static_range(WALKS):
+        begin, end = walk_bounds(walk, n_start, mid_lo, mid_len, hi, WALKS)
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, offs_m, begin, end,
+                                    mid_lo, mid_len, bh, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                                     qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                    phase != 1, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
+                                    walk_mask(walk, WALKS),
+                                    CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
                                     DOT_PRECISION, TMA)
 
     empty = l_i == 0.0

@@ -345,6 +345,22 @@ def _store_staged(o_desc, coord, o_buf, out):
 
 
 @gluon.jit
+def _partial_row_sums(p):
+    """p's row sums over the columns each thread holds, (rows, 4): in the MMA layout a row's columns are spread over
+    the 4 threads of a quad, 2 adjacent columns in every 8, so summing those needs no shuffle. The quad's 4 partial
+    sums are added up once a tile (_row_sums), not once a block (FlashAttention-3 keeps its row sums so too)."""
+    ROWS: gl.constexpr = p.shape[0]
+    COLS: gl.constexpr = p.shape[1]
+    return gl.sum(gl.sum(p.reshape([ROWS, COLS // 8, 4, 2]), axis=3), axis=1)
+
+
+@gluon.jit
+def _row_sums(partial, rows_s: gl.constexpr):
+    """The row sums from _partial_row_sums' partials, in rows_s."""
+    return gl.convert_layout(gl.sum(partial, axis=1), rows_s)
+
+
+@gluon.jit
 def _write_lse(Lse, SQ, bh, start_m, m_i, l_i, rows_s: gl.constexpr):
     """The log-sum-exp of a group's 64 rows from start_m of batch * head bh, in log2 units: +inf for a row that saw
     no key (all padding, above the diagonal when there are more rows than keys, a tile that sees no key), as
@@ -407,7 +423,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     p_op = gl.zeros([ROWS_PER_GROUP, BLOCK_N], dtype, p_layout)
     alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
     m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
-    l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
+    l_zero = _partial_row_sums(s_zero)
+    l_i = l_zero  # the row sums, as partial sums per quad thread
     used = 0  # key blocks the program has consumed: block g sits in stage g % STAGES, its (g // STAGES)-th use
     before = 0  # the pending P V's block (V_0 on the program's first turn)
     q_uses = 0  # tiles with keys so far: their Q in buffer q_uses % Q_BUFFERS
@@ -429,11 +446,11 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
             # The pending tile's row statistics are final: its LSE leaves now, its output once its last P V has
             # run. This tile's start afresh (block 0's alpha is then 0: the accumulator starts at zero on the turn
             # after).
+            l_done = _row_sums(l_i, rows_s)
             if used > 0:
-                _write_lse(Lse, SQ, pending[0], pending[3], m_i, l_i, rows_s)
-            l_done = l_i
+                _write_lse(Lse, SQ, pending[0], pending[3], m_i, l_done, rows_s)
             m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
-            l_i = gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s)
+            l_i = l_zero
             # No MMA is in flight here; without this wait ptxas makes the first group wait for each Q K^T to finish
             # before it issues the P V (both Tritons; benchmarks/NOTES.md entry 30).
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -443,10 +460,10 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                 v_stage = before % STAGES
                 v_phase = (before // STAGES) & 1
                 mbarrier.wait(my_turn, g & 1)
-                mbarrier.wait(v_ready.index(v_stage), v_phase)
                 mbarrier.wait(k_ready.index(stage), (g // STAGES) & 1)
                 qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
                                    use_acc=False, is_async=True)
+                mbarrier.wait(v_ready.index(v_stage), v_phase)
                 acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to the previous maxima while S_j runs
                 acc = warpgroup_mma(p_op, v_ring.index(v_stage).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
                 mbarrier.arrive(their_turn, count=1)
@@ -459,7 +476,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                     m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N,
                                               CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
                     alpha = gl.exp2(m_i - m_ref)
-                    l_new = l_i * alpha + gl.sum(p, axis=1)
+                    l_new = l_i * gl.convert_layout(alpha, gl.SliceLayout(1, l_zero.type.layout))[:, None] \
+                        + _partial_row_sums(p)
                     p_next = gl.convert_layout(p.to(dtype), p_layout)
                 else:
                     m_new, l_new, p_next = m_i, l_i, p_op
@@ -492,8 +510,9 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
         mbarrier.arrive(their_turn, count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(v_empty.index(last), count=1)
-        _write_lse(Lse, SQ, pending[0], pending[3], m_i, l_i, rows_s)
-        _write_out(o_desc, pending[1:], acc, l_i, o_buf, HEAD_DIM)
+        l_done = _row_sums(l_i, rows_s)
+        _write_lse(Lse, SQ, pending[0], pending[3], m_i, l_done, rows_s)
+        _write_out(o_desc, pending[1:], acc, l_done, o_buf, HEAD_DIM)
     tma.store_wait(0)  # the shared memory stays allocated until the last store has read it
 
 

@@ -1,8 +1,12 @@
 """Triton helpers shared by the forward and backward kernels.
 
-Every pass walks a range of blocks along one sequence axis. The blocks split into three phases:
-edge blocks that need the element-wise mask, then whole blocks that every row (or column) of the
-tile may attend without any mask, then edge blocks again. Only the edge blocks pay for the mask.
+Every pass walks a range of blocks along one sequence axis: edge blocks that need the element-wise mask, then
+whole blocks that every row (or column) of the tile may attend without any mask, then edge blocks again. Only
+the edge blocks pay for the mask. With TMA (Hopper) one loop walks them all, the mask in a branch of its body
+(MASK_EDGES): a loop per phase has its own prologue of pipelined loads and its own copy of the body, about half
+of a short program's instructions. Without TMA three loops walk them (the phases, MASK_ALL and MASK_NONE): there
+the branch costs layout conversions through shared memory in every block (sm80's MMA layouts; benchmarks/NOTES.md
+entry 34).
 
 Index conventions: query row ``i`` (0 <= i < SQ) and key ``j`` (0 <= j < SKV). Causal attention is
 aligned to the bottom right: row ``i`` sits on the diagonal ``i + SKV - SQ``, so a decode step
@@ -13,32 +17,71 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: Triton 3.6 reads no other globals in jit code
+# A row's running maximum before it has seen a key: float32's lowest finite value rather than -inf, so that the
+# exponent of a masked score (-inf - NO_MAX) and the rescale factor (NO_MAX - NO_MAX) need no guard against
+# -inf - -inf = NaN
+NO_MAX = tl.constexpr(-3.4028234663852886e38)
+
+
+# How a loop over blocks applies the element-wise mask (its MASK): to no block (the unmasked middle), to every
+# block (an edge), or to the blocks outside the middle, by a branch, in one loop over all of them
+MASK_NONE = tl.constexpr(0)
+MASK_ALL = tl.constexpr(1)
+MASK_EDGES = tl.constexpr(2)
 
 
 @triton.jit
-def split_phases(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
-    """Blocks in [start, mid_lo) and [mid_hi, hi) need the mask; [mid_lo, mid_hi) are whole and unmasked."""
+def middle_blocks(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
+    """(start, mid_lo, mid_len): the walk over [lo, hi) starts at block start; blocks [mid_lo, mid_lo + mid_len)
+    are whole and unmasked (mid_lo = hi where there are none), the others need the mask. mid_len is unsigned for
+    masks_block's one compare."""
     start = (lo // BLOCK) * BLOCK
     mid_lo = tl.cdiv(tl.maximum(full_lo, lo), BLOCK) * BLOCK
     mid_hi = (tl.minimum(full_hi, hi) // BLOCK) * BLOCK
     empty = mid_hi <= mid_lo
     mid_lo = tl.where(empty, hi, mid_lo)
-    mid_hi = tl.where(empty, hi, mid_hi)
-    return start, mid_lo, mid_hi
+    mid_len = tl.where(empty, 0, mid_hi - mid_lo)
+    return start, mid_lo, mid_len.to(tl.uint32)
+
+
+@triton.constexpr_function
+def walks(tma):
+    """The loops a pass walks its blocks in: one with TMA, three without (the module's docstring says why)."""
+    return 1 if tma else 3
+
+
+@triton.constexpr_function
+def walk_mask(walk, walks):
+    """The MASK of loop `walk` of `walks`: MASK_EDGES for one loop over all blocks, else masked edge, unmasked
+    middle, masked edge."""
+    return MASK_EDGES.value if walks == 1 else MASK_NONE.value if walk == 1 else MASK_ALL.value
 
 
 @triton.jit
-def phase_bounds(phase: tl.constexpr, start, mid_lo, mid_hi, hi):
-    """The blocks [begin, end) of phase 0 (masked edge), 1 (unmasked middle) or 2 (masked edge)."""
+def walk_bounds(walk: tl.constexpr, start, mid_lo, mid_len, hi, WALKS: tl.constexpr):
+    """The blocks [begin, end) of loop `walk` of WALKS (walks, walk_mask)."""
     begin = start
-    end = mid_lo
-    if phase == 1:
-        begin = mid_lo
-        end = mid_hi
-    if phase == 2:
-        begin = mid_hi
-        end = hi
+    end = hi
+    if WALKS == 3:
+        mid_hi = mid_lo + mid_len.to(tl.int32)
+        end = mid_lo
+        if walk == 1:
+            begin = mid_lo
+            end = mid_hi
+        if walk == 2:
+            begin = mid_hi
+            end = hi
     return begin, end
+
+
+@triton.jit
+def masks_block(start, mid_lo, mid_len, MASK: tl.constexpr):
+    """Whether a loop that masks MASK masks the block at start: with MASK_EDGES where it lies outside the middle,
+    before it or after it (one unsigned compare for both), else a constant."""
+    if MASK == MASK_EDGES:
+        return (start - mid_lo).to(tl.uint32) >= mid_len
+    else:
+        return MASK == MASK_ALL
 
 
 @triton.jit
@@ -202,12 +245,14 @@ def capped(qk, sm_scale, softcap, SOFTCAP: tl.constexpr):
 
 @triton.jit
 def logits(qk, qk_scale, sm_scale, softcap, SOFTCAP: tl.constexpr):
-    """Scores in the log2 domain, and tanh(s / softcap) for the softcap derivative (0 without softcap)."""
+    """(x, factor, t): the scores in the log2 domain are x * factor with a positive factor, left for the exponent's
+    multiply-add to apply (a masked x of -inf stays -inf); t = tanh(s / softcap) for the softcap derivative (0
+    without softcap)."""
     if SOFTCAP != SOFTCAP_NONE:
         t = capped(qk, sm_scale, softcap, SOFTCAP)
-        return t * (softcap * LOG2E), t
+        return t, softcap * LOG2E, t
     else:
-        return qk * qk_scale, 0.0
+        return qk, qk_scale, 0.0
 
 
 @triton.jit

@@ -61,17 +61,19 @@ def test_kernels_compile_for_hopper_with_tma_and_hardware_tanh(name):
 
 @pytest.mark.parametrize("masks", [False, True], ids=["plain", "softcap"])
 def test_unmasked_forward_loop_scales_each_score_once(masks):
-    """The softmax's instruction count is the forward's limit on Hopper at head size 64: in the unmasked loop the
-    scale rides on the exponent's multiply-add (one FFMA per score), and the only per-element multiplies left
-    are the accumulator's rescale (benchmarks/sass_loops.py; benchmarks/NOTES.md entry 8); with softcap (and the
-    padding and window, which leave the middle loop alone) the scores' scaling into the tanh as well, the factor
-    after it riding on the FFMA too (entry 24)."""
+    """The softmax's instruction count is the forward's limit on Hopper at head size 64: on the key loop's short
+    path (a block that skips the mask's branch) the scale rides on the exponent's multiply-add (one FFMA per score),
+    and the only per-element multiplies left are the accumulator's rescale (benchmarks/sass_loops.py;
+    benchmarks/NOTES.md entries 8 and 34); with softcap (and the padding and window, which leave the short path
+    alone) the scores' scaling into the tanh as well, the factor after it riding on the FFMA too (entry 24)."""
     report = sass_report("forward", "--head-dim", 64, *["--masks"] * masks)
-    middle = report["loops"][0]  # the smallest loop: the unmasked middle phase
+    [loop] = report["loops"]  # one loop over the key blocks (tiles.py)
+    middle = loop["short_kinds"]  # a block that skips the mask's branch
     per_thread = 64 * 64 // 128  # scores (and accumulator elements) a thread holds: 64 x 64 tiles, 4 warps
-    assert middle["kinds"]["HGMMA"] > 0
-    assert middle["kinds"]["FFMA"] >= per_thread
-    assert middle["kinds"]["FMUL"] <= (2 if masks else 1) * per_thread + 8, middle["kinds"]
+    assert middle["HGMMA"] > 0
+    assert middle["FFMA"] >= per_thread
+    assert middle["FMUL"] <= (2 if masks else 1) * per_thread + 8, middle
+    assert loop["short_path"] <= loop["instructions"] - per_thread, "the mask's selects lie on the short path"
 
 
 @pytest.mark.parametrize("head_dim, block_n, stages, masks", [(128, 128, 2, False), (256, 64, 2, False),

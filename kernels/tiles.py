@@ -189,8 +189,9 @@ def tile_mask(q_idx, k_idx, SQ, SKV, kv_lo, kv_hi, window, key_keep, doc_start, 
     """True where row q_idx may attend key k_idx; the caller shapes the indices (M, 1)/(1, N) or transposed.
 
     Causal without padding needs no key range: the diagonal keeps a row before SQ off the keys from SKV on, and
-    rows from SQ on (idle rows past the end) are never stored, their Q and dO zeros and their LSE +inf in the
-    backward, so whatever they see stays finite and unused; the causal mask alone is then one compare per pair.
+    rows from SQ on (idle rows past the end) are never stored and their Q and dO are zeros (the dQ kernel reads
+    their LSE as +inf, the dK/dV kernel as 0), so whatever they see stays finite and adds nothing; the causal mask
+    alone is then one compare per pair.
     Otherwise one select per condition: a single key range per row (a subtraction and an unsigned compare) has
     fewer instructions but measured 2-7% slower on padded, window and softcap inputs (benchmarks/NOTES.md entry 9)."""
     diag = q_idx + (SKV - SQ)

@@ -8,7 +8,8 @@
 #   VARIANT=.ab/new TESTS="gluon_forward or gluon_dq" CASES=d128-mha-s512-causal,d128-mha-s8192-causal \
 #     bash benchmarks/gpu_kernel_ab.sh
 # First the GPU tests that TESTS selects (pytest -k), on each variant; after a failure or a hang nothing is timed.
-# Then hopper_ab.py (its own checks against math and forward.py, then the timings) ROUNDS_AB times a kernel set,
+# Then hopper_ab.py (its own checks against math and forward.py, then the timings; with AB=decode, decode_bench.py
+# and AB_ARGS its options, e.g. "--kv 4096,65536") ROUNDS_AB times a kernel set,
 # each variant and the committed one in turns (the GPU's speed drifts within a call). Files under $OUT/r:
 # tests_gpu.txt (tests_gpu_<folder>.txt with several variants), ab.txt (every run's tables, marked with the
 # variant's folder name, or new/old with one variant, and the turn) and ab_runs.tgz (each run's JSON and Markdown).
@@ -42,11 +43,16 @@ if [ "$tests" = 0 ]; then
       use "$v"
       name=$(label "$v")
       echo "== $name $turn" >> "$OUT/r/ab.txt"
-      timeout ${AB_TIMEOUT:-90} python3 benchmarks/hopper_ab.py --out "$OUT/r/runs/$name$turn" --rounds 3 \
-        ${CASES:+--cases $CASES} ${AB_ARGS:-} 2>&1 | grep -v "^- " >> "$OUT/r/ab.txt"
+      if [ "${AB:-hopper}" = decode ]; then
+        timeout ${AB_TIMEOUT:-90} python3 benchmarks/decode_bench.py --out "$OUT/r/runs/$name$turn" ${AB_ARGS:-} \
+          2>&1 | grep "^| [0-9]" >> "$OUT/r/ab.txt"
+      else
+        timeout ${AB_TIMEOUT:-90} python3 benchmarks/hopper_ab.py --out "$OUT/r/runs/$name$turn" --rounds 3 \
+          ${CASES:+--cases $CASES} ${AB_ARGS:-} 2>&1 | grep -v "^- " >> "$OUT/r/ab.txt"
+      fi
     done
   done
-  grep "^| d\|^==" "$OUT/r/ab.txt"
+  grep "^| [d0-9]\|^==" "$OUT/r/ab.txt"
   (cd "$OUT/r" && tar czf ab_runs.tgz runs && rm -rf runs)
 fi
 use "$committed"

@@ -29,6 +29,8 @@ def main():
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--kv", default="4096,16384,65536")
     parser.add_argument("--q-len", type=int, default=1)
+    parser.add_argument("--only", default=None,
+                        help="comma-separated parts of the names to time (e.g. split-KV,sdpa_cudnn for an A/B)")
     args = parser.parse_args()
     h, hk, d, dtype = 32, 8, 128, torch.bfloat16
     contenders = {
@@ -38,6 +40,9 @@ def main():
         "sdpa_cudnn": torch_backend(SDPBackend.CUDNN_ATTENTION),
         "sdpa_efficient": torch_backend(SDPBackend.EFFICIENT_ATTENTION),
     }
+    if args.only:
+        parts = args.only.split(",")
+        contenders = {name: fn for name, fn in contenders.items() if any(part in name for part in parts)}
     rows = []
     with torch.no_grad():
         for b in map(int, args.batches.split(",")):

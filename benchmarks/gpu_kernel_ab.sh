@@ -7,7 +7,8 @@
 # and run with carry [".ab"]:
 #   VARIANT=.ab/new TESTS="gluon_forward or gluon_dq" CASES=d128-mha-s512-causal,d128-mha-s8192-causal \
 #     bash benchmarks/gpu_kernel_ab.sh
-# First the GPU tests that TESTS selects (pytest -k), on each variant; after a failure or a hang nothing is timed.
+# First the GPU tests that TESTS selects (pytest -k; TEST_MARK="" also takes the unmarked tests, which run on the GPU
+# where there is one: the decode tests), on each variant; after a failure or a hang nothing is timed.
 # Then hopper_ab.py (its own checks against math and forward.py, then the timings; with AB=decode, decode_bench.py
 # and AB_ARGS its options, e.g. "--kv 4096,65536") ROUNDS_AB times a kernel set,
 # each variant and the committed one in turns (the GPU's speed drifts within a call). Files under $OUT/r:
@@ -31,8 +32,8 @@ for v in "${variants[@]}"; do
   log="$OUT/r/tests_gpu.txt"
   [ ${#variants[@]} = 1 ] || log="$OUT/r/tests_gpu_$(basename "$v").txt"
   use "$v"
-  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -n 4 -p no:cacheprovider -m gpu tests/test_kernels.py \
-    -k "${TESTS:-gluon}" > "$log" 2>&1
+  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -n 4 -p no:cacheprovider -m "${TEST_MARK-gpu}" \
+    tests/test_kernels.py -k "${TESTS:-gluon}" > "$log" 2>&1
   status=$?
   echo "tests ($(label "$v")): exit $status"; tail -n 2 "$log"
   [ "$status" = 0 ] || tests=$status

@@ -13,6 +13,7 @@ for p in $PROFILES; do
   echo "$name: exit $?"; tail -n 3 "$work/$name.log"
   ncu -i "$work/$name.ncu-rep" --page details --csv > "$work/$name.details.csv" 2>&1
   ncu -i "$work/$name.ncu-rep" --page source --csv --print-source sass > "$work/$name.sass.csv" 2>&1
+  ncu -i "$work/$name.ncu-rep" --page raw --csv > "$work/$name.raw.csv" 2>&1
 done
 python3 benchmarks/ncu_summary.py "$work" > "$OUT/r/ncu_summary.txt" 2>&1
 tar czf "$OUT/r/ncu_csv.tar.gz" -C "$work" $(cd "$work" && ls *.csv *.log)

@@ -1,6 +1,6 @@
-"""What Nsight Compute's CSV pages say, short: per profile in a folder (gpu_ncu.sh's NAME.details.csv and
-NAME.sass.csv), the kernels' main metrics, the warp-stall samples summed over the kernel by reason, and the SASS
-instructions that collect the most samples.
+"""What Nsight Compute's CSV pages say, short: per profile in a folder (gpu_ncu.sh's NAME.details.csv,
+NAME.raw.csv and NAME.sass.csv), the kernels' main metrics, how busy each pipe was, the warp-stall samples summed
+over the kernel by reason, and the SASS instructions that collect the most samples.
 
     python benchmarks/ncu_summary.py FOLDER [--top 40]
 """
@@ -50,6 +50,27 @@ def details(path):
     return out
 
 
+def pipes(path):
+    """From the raw page (NAME.raw.csv): per kernel, how busy each pipe was, in % of its peak while the SM was active
+    (the MUFU is 'xu', the warpgroup MMAs 'tensor_op_gmma' among the instructions and 'tensor' among the cycles),
+    and the issue slots' share."""
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    start = next((i for i, line in enumerate(lines) if line and line[0].strip('"') == "ID"), None)
+    if start is None:
+        return [f"  (no rows in {os.path.basename(path)})"]
+    header = lines[start]
+    out = []
+    for line in lines[start + 2:]:  # the row after the header holds the units
+        row = dict(zip(header, line))
+        busy = [(name.split("__", 1)[1].split(".")[0], number(value)) for name, value in row.items()
+                if name.endswith(".avg.pct_of_peak_sustained_active") and ("pipe" in name or "issue_active" in name)]
+        busy = sorted((v, n) for n, v in busy if v)
+        out.append(f"kernel {row.get('Kernel Name', '?')[:100]} (% of peak, SM active):")
+        out += [f"  {n}: {v:.1f}" for v, n in reversed(busy)]
+    return out
+
+
 def source(path, top):
     rows = rows_after_header(path, "Address")
     if not rows:
@@ -79,6 +100,9 @@ def main():
         name = os.path.basename(path).removesuffix(".details.csv")
         print(f"== {name}")
         print("\n".join(details(path)))
+        raw = os.path.join(a.folder, f"{name}.raw.csv")
+        if os.path.exists(raw):
+            print("\n".join(pipes(raw)))
         sass = os.path.join(a.folder, f"{name}.sass.csv")
         if os.path.exists(sass):
             print("\n".join(source(sass, a.top)))

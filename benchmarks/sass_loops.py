@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import tempfile
+from typing import Optional
 
 FLOATS = {"qk_scale", "sm_scale", "softcap", "dropout_p"}
 POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "DO": "*bf16", "DQ": "*bf16", "DK": "*bf16",
@@ -70,16 +71,19 @@ def compile_for_gpu(name: str, num_warps: int = 4, num_stages: int = 3, capabili
 
 def compile_hopper_forward(head_dim: int = 128, block_n: int = 128, stages: int = 2, causal: bool = True,
                            dtype: str = "bf16", padding: bool = False, window: bool = False, softcap: bool = False,
-                           documents: bool = False, dynamic: bool = True):
+                           documents: bool = False, dynamic: bool = True, fixed_max: Optional[bool] = None):
     """kernels/hopper_forward.py's Gluon forward compiled for sm90 as ops launches it (dynamic: drawing its tiles,
-    as a persistent launch does; otherwise taking fixed turns, as one program per tile does)."""
+    as a persistent launch does; otherwise taking fixed turns, as one program per tile does; fixed_max: softcap's
+    exponentials against a fixed maximum, by default as ops picks it for a cap up to 63)."""
     from hf_sdpa.kernels.hopper_forward import OUT_COLUMNS, ROWS_PER_GROUP, attention_fwd_hopper_kernel
 
     rows = {"q_desc": ROWS_PER_GROUP.value, "k_desc": block_n, "v_desc": block_n,
             "o_desc": (ROWS_PER_GROUP.value, min(head_dim, OUT_COLUMNS.value))}
     return _compile_gluon(attention_fwd_hopper_kernel, rows, head_dim, dtype,
                           dict(BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, HAS_PADDING=padding, HAS_WINDOW=window,
-                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap, DYNAMIC=dynamic))
+                               HAS_HOLES=padding, HAS_DOC=documents, SOFTCAP=softcap,
+                               FIXED_MAX=bool(softcap) and dtype == "bf16" if fixed_max is None else fixed_max,
+                               DYNAMIC=dynamic))
 
 
 def compile_hopper_backward(head_dim: int = 128, block_m: int = 64, stages: int = 2, causal: bool = True,

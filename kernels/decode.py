@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .forward import _fwd_blocks
-from .tiles import NO_MAX, head_sources, key_bounds, kv_range, middle_blocks, walk_bounds, walk_mask, walks
+from .tiles import NO_MAX, head_sources, key_bounds, kv_range, middle_blocks, walk_bounds, walk_mask
 
 
 @triton.jit
@@ -53,7 +53,9 @@ def attention_decode_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if lo < hi:
-        WALKS: tl.constexpr = walks(TMA)
+        # One loop, the edges' mask in a branch, with or without TMA (tiles.walks): a program walks a few blocks, so
+        # its fixed code weighs more than the branch (benchmarks/NOTES.md entry 38: 1-11% faster inside graphs).
+        WALKS: tl.constexpr = 1
         for walk in tl.static_range(WALKS):
             begin, end = walk_bounds(walk, n_start, mid_lo, mid_len, hi, WALKS)
             acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, q_idx, begin,

@@ -295,13 +295,14 @@ def visible(start_n, offs_m, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, 
 @gluon.jit
 def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
             HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
-            SOFTCAP: gl.constexpr, s_layout: gl.constexpr):
+            SOFTCAP: gl.constexpr, FIXED_MAX: gl.constexpr, s_layout: gl.constexpr):
     """The block's new row maxima, the maxima its exponentials are taken against, and the exponentials, in the log2
     domain. score = (qk_scale, sm_scale, softcap), as ops passes them to every kernel: without softcap the scores are
     qk * qk_scale (qk_scale = sm_scale * log2(e)), with it softcap * log2(e) * tanh(qk * sm_scale / softcap), through
     the hardware tanh (16-bit inputs only reach here). Either factor is positive (ops sends the Gluon forward positive
     scales only), so the maxima are taken before it and it rides on the exponent's FFMA. rows: row_masks'; a row that
-    has seen no key yet keeps -inf as its maximum and takes exponentials against 0 (they are all 0)."""
+    has seen no key yet keeps -inf as its maximum and takes exponentials against 0 (they are all 0). FIXED_MAX: m_i
+    is _max_start's and stays (capped scores are bounded: ops.fixed_max_fits)."""
     qk_scale, sm_scale, softcap = score
     if SOFTCAP:
         qk = hardware_tanh(qk * (sm_scale / softcap))
@@ -310,12 +311,35 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
         qk = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC,
                               s_layout), qk,
                       float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
-        m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
+        if FIXED_MAX:
+            m_new = m_i
+            m_ref = m_i
+        else:
+            m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+            m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+        if FIXED_MAX:
+            m_new = m_i
+        else:
+            m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
         m_ref = m_new
     return m_new, m_ref, gl.exp2(qk * qk_scale - m_ref[:, None])
+
+
+# FIXED_MAX's budget: the largest exponential a capped score may reach, in log2 units (ops.fixed_max_fits).
+FIXED_MAX_TOP = gl.constexpr(64.0)
+
+
+@gluon.jit
+def _max_start(score, FIXED_MAX: gl.constexpr, rows_s: gl.constexpr):
+    """A tile's row maxima before its first block, in log2 units: -inf, or with FIXED_MAX the fixed maximum
+    max(0, C - FIXED_MAX_TOP) for the scores' bound C = softcap * log2(e), which they keep."""
+    if FIXED_MAX:
+        start = gl.full([ROWS_PER_GROUP], 0.0, gl.float32, rows_s) \
+            + gl.maximum(score[2] * LOG2E - FIXED_MAX_TOP, 0.0)
+    else:
+        start = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
+    return start
 
 
 # The output leaves in column chunks of at most this many through a group's shared-memory buffer and a TMA store. At
@@ -394,8 +418,8 @@ def _normalized(acc, scale, dtype: gl.constexpr):
 @gluon.jit
 def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
               STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr,
-              HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, DYNAMIC: gl.constexpr,
-              GROUP_ID: gl.constexpr):
+              HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, FIXED_MAX: gl.constexpr,
+              DYNAMIC: gl.constexpr, GROUP_ID: gl.constexpr):
     """One warpgroup: 64 query rows of each of the program's tiles against their key blocks, its matmuls issued in
     turns with the other group's. The key blocks of all the program's tiles run through one loop body: block j's
     turn issues S_j = Q K_j^T and the P V of the block before it, whichever tile that was, so a tile's last P V
@@ -422,7 +446,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     acc = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, o_layout)
     p_op = gl.zeros([ROWS_PER_GROUP, BLOCK_N], dtype, p_layout)
     alpha = gl.full([ROWS_PER_GROUP], 1.0, gl.float32, rows_s)
-    m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
+    m_start = _max_start(score, FIXED_MAX, rows_s)
+    m_i = m_start
     l_zero = _partial_row_sums(s_zero)
     l_i = l_zero  # the row sums, as partial sums per quad thread
     used = 0  # key blocks the program has consumed: block g sits in stage g % STAGES, its (g // STAGES)-th use
@@ -449,7 +474,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
             l_done = _row_sums(l_i, rows_s)
             if used > 0:
                 _write_lse(Lse, SQ, pending[0], pending[3], m_i, l_done, rows_s)
-            m_i = gl.full([ROWS_PER_GROUP], float("-inf"), gl.float32, rows_s)
+            m_i = m_start
             l_i = l_zero
             # No MMA is in flight here; without this wait ptxas makes the first group wait for each Q K^T to finish
             # before it issues the P V (both Tritons; benchmarks/NOTES.md entry 30).
@@ -464,7 +489,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                 qk = warpgroup_mma(q, k_ring.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
                                    use_acc=False, is_async=True)
                 mbarrier.wait(v_ready.index(v_stage), v_phase)
-                acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to the previous maxima while S_j runs
+                if not FIXED_MAX:
+                    acc = acc * gl.convert_layout(alpha, rows_o)[:, None]  # O to the previous maxima while S_j runs
                 acc = warpgroup_mma(p_op, v_ring.index(v_stage).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
                 mbarrier.arrive(their_turn, count=1)
                 qk = warpgroup_mma_wait(num_outstanding=1, deps=(qk,))  # S_j is ready; O += P V still runs
@@ -474,10 +500,14 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                 # (benchmarks/NOTES.md entry 13); it does not move that wait into the branch.
                 if SKV > 0:
                     m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N,
-                                              CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, s_layout)
-                    alpha = gl.exp2(m_i - m_ref)
-                    l_new = l_i * gl.convert_layout(alpha, gl.SliceLayout(1, l_zero.type.layout))[:, None] \
-                        + _partial_row_sums(p)
+                                              CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP,
+                                              FIXED_MAX, s_layout)
+                    if FIXED_MAX:
+                        l_new = l_i + _partial_row_sums(p)
+                    else:
+                        alpha = gl.exp2(m_i - m_ref)
+                        l_new = l_i * gl.convert_layout(alpha, gl.SliceLayout(1, l_zero.type.layout))[:, None] \
+                            + _partial_row_sums(p)
                     p_next = gl.convert_layout(p.to(dtype), p_layout)
                 else:
                     m_new, l_new, p_next = m_i, l_i, p_op
@@ -488,8 +518,10 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                 before = g
                 if (i == 0) & (g > 0):  # the pending tile's last P V has run: its output leaves
                     _write_out(o_desc, pending[1:], acc, l_done, o_buf, HEAD_DIM)
-                    if HEAD_DIM > OUT_COLUMNS:  # block 0's alpha zeroes acc anyway; said here, acc ends at the
-                        acc = gl.zeros_like(acc)  # stores, which then spill nothing in the key loop (ptxas 12.8)
+                    # Block 0's alpha zeroes acc on the next turn; said here, acc ends at the stores, which then
+                    # spill nothing in the key loop at head size 256 (ptxas 12.8). FIXED_MAX has no alpha.
+                    if (HEAD_DIM > OUT_COLUMNS) or FIXED_MAX:
+                        acc = gl.zeros_like(acc)
             mbarrier.arrive(q_empty.index(q_index), count=1)  # the tile's last Q K^T has run
             pending = (bh, b, h, start_m)
             used += n_blocks
@@ -504,7 +536,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
     if used > 0:  # the last tile's last P V, on a turn of its own
         last = (used - 1) % STAGES
         mbarrier.wait(my_turn, used & 1)
-        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+        if not FIXED_MAX:
+            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
         mbarrier.wait(v_ready.index(last), ((used - 1) // STAGES) & 1)
         acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
         mbarrier.arrive(their_turn, count=1)
@@ -523,7 +556,7 @@ def attention_fwd_hopper_kernel(
         H, GROUP, SQ, SKV, BH, SECTION, Tickets,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
-        SOFTCAP: gl.constexpr, DYNAMIC: gl.constexpr):
+        SOFTCAP: gl.constexpr, FIXED_MAX: gl.constexpr, DYNAMIC: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps. q_desc
     reads (1, 1, 64, HEAD_DIM) tiles of Q (B, H, SQ, D) and o_desc writes (1, 1, 64, min(HEAD_DIM, OUT_COLUMNS))
     tiles of O, k_desc and v_desc (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V
@@ -531,7 +564,8 @@ def attention_fwd_hopper_kernel(
     int8 whether batch row b's kept keys have gaps and KeyKeep (B, SKV) int8 rows stride_keep_b apart the mask itself
     (read with HAS_HOLES); window the sliding window in keys (with HAS_WINDOW); DocStart (B, SQ) int32 rows
     stride_doc_b apart, each row's packed document start (with HAS_DOC); qk_scale the scale times log2(e),
-    sm_scale the scale, softcap the cap (read with SOFTCAP); BH = B * H; SECTION the heads of a section (_tile).
+    sm_scale the scale, softcap the cap (read with SOFTCAP; FIXED_MAX: its exponentials against a fixed maximum,
+    ops.fixed_max_fits); BH = B * H; SECTION the heads of a section (_tile).
     Grid (programs,): program p takes tile p of the cdiv(SQ, 128) * BH, then p + programs, ... or, DYNAMIC, the
     tiles it draws (_draw_tile) from Tickets, int32 (2 + 2 * programs,) that starts and ends as zeros; a grid of one
     program per multiprocessor keeps every program resident and its loader streaming from one tile into the next."""
@@ -563,9 +597,9 @@ def attention_fwd_hopper_kernel(
     bufs = (q_smem, o_smem, k_ring, v_ring, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turn)
     gl.warp_specialize([
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
-                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DYNAMIC, 0)),
+                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, FIXED_MAX, DYNAMIC, 0)),
         (_consumer, (io, shape, tiles, mask, score, bufs, HEAD_DIM, BLOCK_N, STAGES, CAUSAL, HAS_PADDING,
-                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DYNAMIC, 1)),
+                     HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, FIXED_MAX, DYNAMIC, 1)),
         (_loader, (io, shape, tiles, mask, (k_ring, v_ring, k_ready, v_ready, k_empty, v_empty),
                    (q_smem, q_ready, q_empty), BLOCK_N, STAGES, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_DOC, DYNAMIC,
                    q_buffers(HEAD_DIM))),

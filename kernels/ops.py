@@ -297,6 +297,16 @@ def _gluon_descriptors(tensors: tuple, rows: tuple, columns: tuple = None):
             for t, st, n, d in zip(tensors, strides, rows, columns)]
 
 
+def fixed_max_fits(softcap: Optional[float], dtype: torch.dtype) -> bool:
+    """Whether the Gluon forward may take softcap's exponentials against a fixed maximum (FIXED_MAX) instead of each
+    row's running one. A capped score lies in [-C, C], C = softcap * log2(e), so against M = max(0, C - 64) every
+    exponential lies in [2**(64 - 2C), 2**64]: normal in float32 and bfloat16 while C <= 92 (softcap <= 63.7; Gemma 2
+    caps at 50), and row sums and P V far from overflow. float16's P would overflow above 2**16: it keeps the running
+    maximum. Without one the softmax takes no row maxima and the accumulator no rescaling each block: with softcap
+    the consumers' softmax, not the tensor cores, sets the pace (benchmarks/NOTES.md entry 37)."""
+    return softcap is not None and dtype == torch.bfloat16 and softcap * LOG2E.value <= 92.0
+
+
 def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
     """The Gluon forward, or False where a tensor's strides keep TMA from addressing it."""
     B, H, SQ, D = q.shape
@@ -320,7 +330,8 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
         softcap, window, s_keep, s_doc, H, group, SQ, SKV, B * H, section_heads(k, group, B * H),
         tickets, HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"],
         HAS_PADDING=flags["HAS_PADDING"], HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"],
-        HAS_DOC=flags["HAS_DOC"], SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, DYNAMIC=dynamic, num_warps=4)
+        HAS_DOC=flags["HAS_DOC"], SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value,
+        FIXED_MAX=fixed_max_fits(p.softcap, q.dtype), DYNAMIC=dynamic, num_warps=4)
     _announce("attention_fwd_hopper_kernel", BLOCK_M=2 * rows, BLOCK_N=block_n, warps=9,
               stages=stages, TMA=True, persistent=programs < tiles, dynamic=dynamic)
     return True

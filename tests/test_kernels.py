@@ -57,7 +57,15 @@ def run_case(b, h, hk, sq, skv, d, dtype, *, causal=False, padding=None, window=
             return torch.randn(b, seq, heads, d, device=device, dtype=dtype).transpose(1, 2).requires_grad_()
         return torch.randn(b, heads, seq, d, device=device, dtype=dtype).requires_grad_()
 
-    q, k, v = rand(h, sq), rand(hk, skv), rand(hk, skv)
+    return check_against_reference(rand(h, sq), rand(hk, skv), rand(hk, skv), causal=causal, padding=padding,
+                                   window=window, softcap=softcap, packed=packed, scale=scale)
+
+
+def check_against_reference(q, k, v, *, causal=False, padding=None, window=None, softcap=None, packed=False,
+                            scale=None):
+    """attention's output and gradients on q, k, v (leaves that require grad) against the float64 reference, within
+    the error that the math composition in their precision makes."""
+    (b, _, sq, _), skv, dtype, device = q.shape, k.shape[2], q.dtype, q.device
     pad = make_padding(padding, b, skv, device)
     pos = make_positions(b, sq, device) if packed else None
     out = attention(q, k, v, causal=causal, scale=scale, key_padding_mask=pad, position_ids=pos, window=window,
@@ -595,6 +603,40 @@ def test_gpu_gluon_forward(case, dtype, monkeypatch):
     b, h, hk, sq, skv, d, options = case
     run_case(b, h, hk, sq, skv, d, dtype, **options)
     assert ran[0] == "attention_fwd_hopper_kernel", ran
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("softcap", [50.0, 63.0])
+@pytest.mark.parametrize("d", [128, 256])
+def test_gpu_gluon_forward_softcap_scores_at_the_cap(d, softcap, monkeypatch):
+    """In bfloat16 the Gluon forward takes softcap's exponentials against a fixed maximum (ops.fixed_max_fits):
+    scores pressed to both ends of [-cap, cap], and a KV head whose every score sits at -cap (the smallest
+    exponentials its budget allows: 2**-118 at cap 63), left-padded, against the float64 reference, gradients too."""
+    if ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE)):
+        pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
+    monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})
+    ran = []
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
+    b, h, hk, s = 2, 4, 2, 600
+    q = 12 * torch.randn(b, h, s, d, device=DEVICE)  # scores of about 144: tanh saturates at both ends
+    k = 12 * torch.randn(b, hk, s, d, device=DEVICE)
+    u = torch.nn.functional.normalize(torch.randn(d, device=DEVICE), dim=0) * 4 * d ** 0.5
+    q[:, :2] += u  # KV head 0's keys point away from its queries: their scores sit near -cap
+    k[:, 0] = torch.randn(b, s, d, device=DEVICE) - u
+    v = torch.randn(b, hk, s, d, device=DEVICE)
+    leaves = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    check_against_reference(*leaves, causal=True, padding="left", softcap=softcap)
+    assert ops.fixed_max_fits(softcap, torch.bfloat16) and ran[0] == "attention_fwd_hopper_kernel", ran
+
+
+def test_only_bfloat16_within_the_budget_takes_a_fixed_maximum():
+    """ops.fixed_max_fits: bfloat16 with a cap up to 63.7 (2**92 in log2 units); float16's P would overflow, and a
+    larger cap's smallest exponentials would leave float32's normal range."""
+    assert ops.fixed_max_fits(50.0, torch.bfloat16) and ops.fixed_max_fits(63.7, torch.bfloat16)
+    assert not ops.fixed_max_fits(63.8, torch.bfloat16)
+    assert not ops.fixed_max_fits(30.0, torch.float16)
+    assert not ops.fixed_max_fits(None, torch.bfloat16)
 
 
 def test_a_section_holds_the_heads_whose_keys_and_values_share_the_l2_cache():

@@ -610,7 +610,7 @@ def test_gpu_gluon_forward(case, dtype, monkeypatch):
 @pytest.mark.parametrize("d", [128, 256])
 def test_gpu_gluon_forward_softcap_scores_at_the_cap(d, softcap, monkeypatch):
     """In bfloat16 the Gluon forward takes softcap's exponentials against a fixed maximum (ops.fixed_max_fits):
-    scores pressed to both ends of [-cap, cap], and a KV head whose every score sits at -cap (the smallest
+    scores pressed to both ends of [-cap, cap], and a KV head whose scores sit near -cap (near the smallest
     exponentials its budget allows: 2**-118 at cap 63), left-padded, against the float64 reference, gradients too."""
     if ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")

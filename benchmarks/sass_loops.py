@@ -37,7 +37,7 @@ KERNELS = {"forward": ("forward", "attention_fwd_kernel", ("K", "V"), "BLOCK_N")
 ALIGNED_INTS = {"H", "HK", "SQ", "SKV"}
 DEFAULT_FLAGS = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, HAS_PADDING=False,
                      HAS_WINDOW=False, HAS_HOLES=False, HAS_DOC=False, SOFTCAP=0, DROPOUT=False, DOT_PRECISION="tf32",
-                     TMA=True, HEADS_INNER=False)
+                     TMA=True, HEADS_INNER=False, FIXED_MAX=False)
 
 
 def compile_for_gpu(name: str, num_warps: int = 4, num_stages: int = 3, capability: int = 90, dtype: str = "bf16",

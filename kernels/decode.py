@@ -63,7 +63,7 @@ def attention_decode_kernel(
                                         qk_scale, sm_scale, softcap, 0.0, 0, HEAD_DIM, BLOCK_D, BLOCK_N,
                                         walk_mask(walk, WALKS),
                                         CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, False, SOFTCAP, False,
-                                        DOT_PRECISION, TMA)
+                                        DOT_PRECISION, TMA, False)
     empty = l_i == 0.0
     part = bhk.to(tl.int64) * tl.num_programs(0) + split
     out = acc * (1.0 / tl.where(empty, 1.0, l_i))[:, None]

@@ -7,7 +7,7 @@ output and the row log-sum-exp (log2 units; +inf for a row that sees no key) for
 import triton
 import triton.language as tl
 
-from .tiles import (MASK_NONE, NO_MAX, dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits,
+from .tiles import (LOG2E, MASK_NONE, NO_MAX, dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits,
                     mask_scores, masks_block, middle_blocks, walk_bounds, walk_mask, walks)
 
 
@@ -18,8 +18,9 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
                 HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                TMA: tl.constexpr):
-    """Key blocks [n_begin, n_end), masked as MASK says (tiles.py; the middle: [mid_lo, mid_lo + mid_len))."""
+                TMA: tl.constexpr, FIXED_MAX: tl.constexpr):
+    """Key blocks [n_begin, n_end), masked as MASK says (tiles.py; the middle: [mid_lo, mid_lo + mid_len)).
+    FIXED_MAX: m_i is softcap's fixed maximum (fixed_maximum) and stays: no row maxima, no rescaling."""
     for start_n in range(n_begin, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = load_rows(k_src, b, hk, start_n, stride_kn, SKV, HEAD_DIM, BLOCK_N, BLOCK_D, MASK != MASK_NONE, TMA)
@@ -32,16 +33,29 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
             qk = mask_scores(qk, offs_m, offs_n, SQ, SKV, kv_lo, kv_hi, window, keep_base, doc_rows,
                              CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
         # m_i starts finite (NO_MAX), so a row that has seen no key keeps it and its exponentials of -inf are 0
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * factor)
-        p = tl.math.exp2(qk * factor - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
+        if FIXED_MAX:
+            p = tl.math.exp2(qk * factor - m_i[:, None])
+            if v.dtype == tl.bfloat16:  # the row sums of the P that P V takes (ops.fixed_max_fits)
+                p = (p.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
+            l_i += tl.sum(p, 1)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * factor)
+            p = tl.math.exp2(qk * factor - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            m_i = m_new
         if DROPOUT:
             p = tl.where(dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], SKV, dropout_p), p, 0.0)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def fixed_maximum(softcap):
+    """Softcap's fixed maximum in log2 units, max(0, C - 64) for the scores' bound C = softcap * log2(e): every
+    exponential against it lies in [2**(64 - 2C), 2**64] (ops.fixed_max_fits)."""
+    return tl.maximum(softcap * LOG2E - 64.0, 0.0)
 
 
 @triton.jit
@@ -54,7 +68,7 @@ def attention_fwd_kernel(
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_HOLES: tl.constexpr,
         HAS_DOC: tl.constexpr, SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TMA: tl.constexpr):
+        TMA: tl.constexpr, FIXED_MAX: tl.constexpr):
     # Heaviest causal blocks (the last rows) first, so the tail of the grid is short work.
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
@@ -77,7 +91,10 @@ def attention_fwd_kernel(
                                           BLOCK_M, CAUSAL, HAS_WINDOW, HAS_HOLES, HAS_DOC)
     n_start, mid_lo, mid_len = middle_blocks(lo, hi, full_lo, full_hi, BLOCK_N)
 
-    m_i = tl.full([BLOCK_M], NO_MAX, tl.float32)
+    if FIXED_MAX:
+        m_i = tl.zeros([BLOCK_M], tl.float32) + fixed_maximum(softcap)
+    else:
+        m_i = tl.full([BLOCK_M], NO_MAX, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     WALKS: tl.constexpr = walks(TMA)
@@ -88,7 +105,7 @@ def attention_fwd_kernel(
                                     qk_scale, sm_scale, softcap, dropout_p, seed, HEAD_DIM, BLOCK_D, BLOCK_N,
                                     walk_mask(walk, WALKS),
                                     CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP, DROPOUT,
-                                    DOT_PRECISION, TMA)
+                                    DOT_PRECISION, TMA, FIXED_MAX)
 
     empty = l_i == 0.0
     row_scale = 1.0 / tl.where(empty, 1.0, l_i)  # one division per row, then a multiply per element

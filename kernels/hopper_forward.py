@@ -502,7 +502,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                     m_new, m_ref, p = _scores(qk, (n_begin + i) * BLOCK_N, offs_m, score, m_i, rows, BLOCK_N,
                                               CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC, SOFTCAP,
                                               FIXED_MAX, s_layout)
-                    if FIXED_MAX:
+                    if FIXED_MAX:  # the row sums of the P that P V takes (ops.fixed_max_fits)
+                        p = (p.to(gl.int32, bitcast=True) & -65536).to(gl.float32, bitcast=True)
                         l_new = l_i + _partial_row_sums(p)
                     else:
                         alpha = gl.exp2(m_i - m_ref)

@@ -298,13 +298,18 @@ def _gluon_descriptors(tensors: tuple, rows: tuple, columns: tuple = None):
 
 
 def fixed_max_fits(softcap: Optional[float], dtype: torch.dtype) -> bool:
-    """Whether the Gluon forward may take softcap's exponentials against a fixed maximum (FIXED_MAX) instead of each
-    row's running one. A capped score lies in [-C, C], C = softcap * log2(e), so against M = max(0, C - 64) every
-    exponential lies in [2**(64 - 2C), 2**64]: normal in float32 and bfloat16 while C <= 92 (softcap <= 63.7; Gemma 2
-    caps at 50), and row sums and P V far from overflow. float16's P would overflow above 2**16: it keeps the running
-    maximum. Without one the softmax takes no row maxima and the accumulator no rescaling each block: with softcap
-    the consumers' softmax, not the tensor cores, sets the pace (benchmarks/NOTES.md entry 37)."""
-    return softcap is not None and dtype == torch.bfloat16 and softcap * LOG2E.value <= 92.0
+    """Whether the forward kernels may take softcap's exponentials against a fixed maximum (FIXED_MAX) instead of
+    each row's running one. A capped score lies in [-C, C], C = softcap * log2(e), so against M = max(0, C - 64)
+    every exponential lies in [2**(64 - 2C), 2**64]: normal in float32 and bfloat16 while C <= 92 (softcap <= 63.7;
+    Gemma 2 caps at 50), and row sums and P V far from overflow. float16's P would overflow above 2**16: it keeps the
+    running maximum. Without one the softmax takes no row maxima and the accumulator no rescaling each block: with
+    softcap the Gluon forward's softmax, not the tensor cores, sets the pace (benchmarks/NOTES.md entry 37).
+    A row's largest P is then no longer exactly 1: rounded to bfloat16 for P V it would scale O by up to 2**-9 that
+    the row sums do not see, an error the backward's Delta = rowsum(dO * O) carries into dQ and dK (3x the math
+    path's on saturated scores, entry 42). So in bfloat16 the kernels truncate P to bfloat16 before the row sums
+    take it (one AND an element): O stays an exact convex combination of the V rows P V weighs."""
+    return (softcap is not None and dtype in (torch.bfloat16, torch.float32)
+            and softcap * LOG2E.value <= 92.0)
 
 
 def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
@@ -480,6 +485,7 @@ def run_forward(q, k, v, p: Pattern):
         return out, lse
     block_d = head_block(D)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
+    fixed_max = fixed_max_fits(p.softcap, q.dtype)
 
     def launch(cfg):
         k_arg, v_arg, tma = _streamed(k, v, cfg, cfg.block_n, block_d)
@@ -487,7 +493,8 @@ def run_forward(q, k, v, p: Pattern):
             (cdiv(SQ, cfg.block_m), B * H, 1), q, k_arg, v_arg, out, lse, *tensors, *scalars,
             *_strides(q, k, v, out), s_keep, s_doc, H, H // k.shape[1], SQ, SKV,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
-            TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_registers(cfg), **FUSED)
+            TMA=tma, FIXED_MAX=fixed_max, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_registers(cfg),
+            **FUSED)
         return tma
 
     reach = key_reach(SKV, block_d, p.window, p.longest_document)

@@ -605,35 +605,56 @@ def test_gpu_gluon_forward(case, dtype, monkeypatch):
     assert ran[0] == "attention_fwd_hopper_kernel", ran
 
 
+def capped_inputs(b, h, hk, s, d, dtype):
+    """q, k, v whose capped scores press against both ends of [-cap, cap] (scores of about 144), KV head 0's near
+    -cap (its keys point away from its queries): near the smallest exponentials a fixed maximum's budget allows
+    (ops.fixed_max_fits: 2**-118 at cap 63)."""
+    q = 12 * torch.randn(b, h, s, d, device=DEVICE)
+    k = 12 * torch.randn(b, hk, s, d, device=DEVICE)
+    u = torch.nn.functional.normalize(torch.randn(d, device=DEVICE), dim=0) * 4 * d ** 0.5
+    q[:, :h // hk] += u
+    k[:, 0] = torch.randn(b, s, d, device=DEVICE) - u
+    v = torch.randn(b, hk, s, d, device=DEVICE)
+    return [t.to(dtype).requires_grad_() for t in (q, k, v)]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("softcap", [50.0, 63.0])
 @pytest.mark.parametrize("d", [128, 256])
 def test_gpu_gluon_forward_softcap_scores_at_the_cap(d, softcap, monkeypatch):
     """In bfloat16 the Gluon forward takes softcap's exponentials against a fixed maximum (ops.fixed_max_fits):
-    scores pressed to both ends of [-cap, cap], and a KV head whose scores sit near -cap (near the smallest
-    exponentials its budget allows: 2**-118 at cap 63), left-padded, against the float64 reference, gradients too."""
+    capped_inputs, left-padded, against the float64 reference, gradients too."""
     if ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE)):
         pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
     monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})
     ran = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
-    b, h, hk, s = 2, 4, 2, 600
-    q = 12 * torch.randn(b, h, s, d, device=DEVICE)  # scores of about 144: tanh saturates at both ends
-    k = 12 * torch.randn(b, hk, s, d, device=DEVICE)
-    u = torch.nn.functional.normalize(torch.randn(d, device=DEVICE), dim=0) * 4 * d ** 0.5
-    q[:, :2] += u  # KV head 0's keys point away from its queries: their scores sit near -cap
-    k[:, 0] = torch.randn(b, s, d, device=DEVICE) - u
-    v = torch.randn(b, hk, s, d, device=DEVICE)
-    leaves = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
-    check_against_reference(*leaves, causal=True, padding="left", softcap=softcap)
+    check_against_reference(*capped_inputs(2, 4, 2, 600, d, torch.bfloat16), causal=True, padding="left",
+                            softcap=softcap)
     assert ops.fixed_max_fits(softcap, torch.bfloat16) and ran[0] == "attention_fwd_hopper_kernel", ran
 
 
-def test_only_bfloat16_within_the_budget_takes_a_fixed_maximum():
-    """ops.fixed_max_fits: bfloat16 with a cap up to 63.7 (2**92 in log2 units); float16's P would overflow, and a
-    larger cap's smallest exponentials would leave float32's normal range."""
+@pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16] if HAS_GPU else []), ids=str)
+@pytest.mark.parametrize("softcap", [50.0, 63.0])
+def test_tl_dot_forward_softcap_scores_at_the_cap(dtype, softcap, monkeypatch):
+    """forward.py takes softcap's exponentials against a fixed maximum in float32 and bfloat16 too: capped_inputs,
+    left-padded, causal and not, against the float64 reference, gradients too."""
+    monkeypatch.setattr(ops, "HOPPER_FORWARD", False)
+    ran = []
+    monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
+    b, h, hk, s, d = (2, 4, 2, 300, 128) if HAS_GPU else (1, 4, 2, 40, 32)
+    for causal in (True, False):
+        check_against_reference(*capped_inputs(b, h, hk, s, d, dtype), causal=causal, padding="left",
+                                softcap=softcap)
+    assert ops.fixed_max_fits(softcap, dtype) and ran[0] == "attention_fwd_kernel", ran
+
+
+def test_only_bfloat16_and_float32_within_the_budget_take_a_fixed_maximum():
+    """ops.fixed_max_fits: bfloat16 and float32 with a cap up to 63.7 (2**92 in log2 units); float16's P would
+    overflow, and a larger cap's smallest exponentials would leave float32's normal range."""
     assert ops.fixed_max_fits(50.0, torch.bfloat16) and ops.fixed_max_fits(63.7, torch.bfloat16)
+    assert ops.fixed_max_fits(30.0, torch.float32)
     assert not ops.fixed_max_fits(63.8, torch.bfloat16)
     assert not ops.fixed_max_fits(30.0, torch.float16)
     assert not ops.fixed_max_fits(None, torch.bfloat16)

@@ -7,8 +7,8 @@ output and the row log-sum-exp (log2 units; +inf for a row that sees no key) for
 import triton
 import triton.language as tl
 
-from .tiles import (LOG2E, MASK_NONE, NO_MAX, dropout_keep, head_sources, key_bounds, kv_range, load_rows, logits,
-                    mask_scores, masks_block, middle_blocks, walk_bounds, walk_mask, walks)
+from .tiles import (FIXED_MAX_TOP, LOG2E, MASK_NONE, NO_MAX, dropout_keep, head_sources, key_bounds, kv_range,
+                    load_rows, logits, mask_scores, masks_block, middle_blocks, walk_bounds, walk_mask, walks)
 
 
 @triton.jit
@@ -53,9 +53,9 @@ def _fwd_blocks(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, b, hk, off
 
 @triton.jit
 def fixed_maximum(softcap):
-    """Softcap's fixed maximum in log2 units, max(0, C - 64) for the scores' bound C = softcap * log2(e): every
-    exponential against it lies in [2**(64 - 2C), 2**64] (ops.fixed_max_fits)."""
-    return tl.maximum(softcap * LOG2E - 64.0, 0.0)
+    """Softcap's fixed maximum in log2 units, max(0, C - FIXED_MAX_TOP) for the scores' bound C = softcap * log2(e):
+    every exponential against it lies in [2**(64 - 2C), 2**64] (ops.fixed_max_fits)."""
+    return tl.maximum(softcap * LOG2E - FIXED_MAX_TOP, 0.0)
 
 
 @triton.jit

@@ -36,7 +36,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from .tiles import LOG2E
+from .tiles import FIXED_MAX_TOP, LOG2E
 
 # The TMA load's name: async_copy_global_to_shared in Triton 3.6, async_load from 3.7 on (the old name raises there).
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -324,10 +324,6 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
             m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
         m_ref = m_new
     return m_new, m_ref, gl.exp2(qk * qk_scale - m_ref[:, None])
-
-
-# FIXED_MAX's budget: the largest exponential a capped score may reach, in log2 units (ops.fixed_max_fits).
-FIXED_MAX_TOP = gl.constexpr(64.0)
 
 
 @gluon.jit

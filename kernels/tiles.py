@@ -17,6 +17,9 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: Triton 3.6 reads no other globals in jit code
+# Softcap's fixed maximum (FIXED_MAX in both forwards): the largest exponential a capped score may reach, in log2
+# units (ops.fixed_max_fits).
+FIXED_MAX_TOP = tl.constexpr(64.0)
 # A row's running maximum before it has seen a key: float32's lowest finite value rather than -inf, so that the
 # exponent of a masked score (-inf - NO_MAX) and the rescale factor (NO_MAX - NO_MAX) need no guard against
 # -inf - -inf = NaN

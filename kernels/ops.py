@@ -347,10 +347,12 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
 # measured faster than backward.py's, per head size: from 2048 keys at head sizes 64 and 128, softcap included,
 # once the loader stages LSE and Delta (the backward 4-17% faster; at 512 keys head size 64 28% slower;
 # benchmarks/NOTES.md entries 15 and 17); at head size 256 at every length measured, 512 keys included, masks too
-# (its dK/dV pass 1.7-2.9x faster, the backward 1.25-1.7x; entry 18).
+# (its dK/dV pass 1.7-2.9x faster, the backward 1.25-1.7x; entry 18). Without the causal mask head size 128 from
+# 512 keys (HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL): forward+backward 15-16% faster at 512 keys, batch 32 (entry 43).
 HOPPER_BACKWARD = os.environ.get("HF_SDPA_HOPPER_BACKWARD", "1") == "1"
 HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2), 256: (64, 2)}
 HOPPER_BACKWARD_MIN_KEYS = {64: 2048, 128: 2048, 256: 0}
+HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL = {128: 512}
 # Where it pays, the Gluon kernel writes dQ as well (added up in float32 by TMA reductions), in place of
 # backward.py's dQ kernel, which computes S and dP once more (HF_SDPA_HOPPER_FUSED_DQ=0 turns it off): from 8192
 # queries, dense or causal, the backward 2-15% faster; at 4096 and fewer, or with a mask that skips most of the
@@ -383,7 +385,10 @@ def hopper_backward_fits(q, k, p: Pattern) -> bool:
 
 def hopper_backward_pays(head_dim: int, kv_len: int, p: Pattern) -> bool:
     """Whether the Gluon dK/dV kernel measured faster than backward.py's for this head size, key length and pattern."""
-    return head_dim in HOPPER_BACKWARD_MIN_KEYS and kv_len >= HOPPER_BACKWARD_MIN_KEYS[head_dim]
+    if head_dim not in HOPPER_BACKWARD_MIN_KEYS:
+        return False
+    least = None if p.causal else HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL.get(head_dim)
+    return kv_len >= (HOPPER_BACKWARD_MIN_KEYS[head_dim] if least is None else least)
 
 
 def hopper_fused_dq_pays(q_len: int, p: Pattern) -> bool:

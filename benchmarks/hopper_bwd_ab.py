@@ -13,9 +13,12 @@ too, ops.HOPPER_FUSED_DQ, where it does), one per --tiles entry (head size:query
 kernel, 'gluon_64x3'; head size:dq key block x ring stages of the Gluon dQ kernel, 'hdq_128x2'), 'sdpa_cudnn',
 'sdpa_fa2'. Medians in ms and, for unmasked cases, TFLOP/s (FlashAttention's
 count: backward 2.5x the forward's 4*b*h*s*s*d, halved when causal); --profile adds each variant's kernel times
-of one backward call. Writes hopper_bwd_ab.json and .md.
+of one backward call, --host each variant's host time of a forward+backward call (issued without waiting for the
+GPU). Writes hopper_bwd_ab.json and .md.
 """
 import contextlib
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +124,24 @@ def kernel_times(fn, calls=5):
     return dict(sorted(times.items(), key=lambda kv: -kv[1])[:6])
 
 
-def measure(case_name, extra_tiles, rounds, profiled):
+def host_ms(fn, leaves, calls=20, repeats=5) -> float:
+    """The host's time of one call when it need not wait for the GPU (median over repeats): calls issued back to
+    back after a synchronisation, the launch queue holding them, timed to the last one's return. Against the
+    GPU's time per call it tells which of the two sets a call's pace."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            for t in leaves:
+                t.grad = None
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def measure(case_name, extra_tiles, rounds, profiled, host):
     case = parse_case(case_name)
     fwd, fwd_bwd, (q, k, v), dout = case_runs(case)
     masks = case_masks(case)
@@ -146,6 +166,12 @@ def measure(case_name, extra_tiles, rounds, profiled):
         for name in names:
             with variant(name, case["d"]):
                 result["kernels_ms"][name] = kernel_times(backward_only(forward, case, name, q, k, v, dout))
+    if host:  # what the host takes per forward+backward call, per variant
+        result["host_fwd_bwd_ms"] = {}
+        for name in names:
+            _, fb = runs(name, case, fwd, fwd_bwd, q, k, v, dout)
+            with variant(name, case["d"]):
+                result["host_fwd_bwd_ms"][name] = host_ms(fb, (q, k, v))
     if rounds:
         f_flop, fb_flop = flops(case)
         summarize(result, times, "bwd", fb_flop - f_flop, fb_flop)
@@ -155,6 +181,11 @@ def measure(case_name, extra_tiles, rounds, profiled):
 def markdown(results, device, rounds):
     lines = timing_table(results, f"The Gluon dK/dV kernel against backward.py, cuDNN and FA2: {device}", rounds,
                          "bwd")
+    hosted = [r for r in results if r.get("host_fwd_bwd_ms")]
+    if hosted:
+        lines += ["", "Host time per forward+backward call (ms, 20 calls issued without waiting for the GPU):", ""]
+        lines += [f"- {r['case']}: " + ", ".join(f"{n} {ms:.3f}" for n, ms in r["host_fwd_bwd_ms"].items())
+                  for r in hosted]
     profiled = [r for r in results if r.get("kernels_ms")]
     if profiled:
         lines += ["", "Kernel time per backward call (ms, torch.profiler):", ""]
@@ -170,8 +201,10 @@ def markdown(results, device, rounds):
 def main():
     p = ab_arguments(DEFAULT_CASES, "query")
     p.add_argument("--profile", action="store_true", help="each variant's kernel times of one backward call")
+    p.add_argument("--host", action="store_true", help="each variant's host time of a forward+backward call")
     a = p.parse_args()
-    run_cases(a, lambda case_name, extra: measure(case_name, extra, a.rounds, a.profile), "hopper_bwd_ab", markdown)
+    run_cases(a, lambda case_name, extra: measure(case_name, extra, a.rounds, a.profile, a.host), "hopper_bwd_ab",
+              markdown)
 
 
 if __name__ == "__main__":

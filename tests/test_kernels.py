@@ -674,16 +674,15 @@ def test_softcap_fixed_maximum_keeps_one_key_rows_exact(kernel, monkeypatch):
     emulated in float64; on the H100 the capped_inputs tests failed at times). bfloat16 only: in float32 the output
     keeps the rounding of P V / l (an ulp of V), which the math path's exact P = 1 does not have, and the bound
     (twice that path's error, about 0) is then the epsilon alone (entry 43)."""
-    if kernel == "attention_fwd_hopper_kernel" and (ops.HOPPER_FWD is None
-                                                    or not ops._is_hopper(torch.device(DEVICE))):
+    gluon = kernel == "attention_fwd_hopper_kernel"
+    if gluon and (ops.HOPPER_FWD is None or not ops._is_hopper(torch.device(DEVICE))):
         pytest.skip("the Gluon forward runs on sm90 with a Triton that has Gluon's Hopper language")
-    dtype = torch.bfloat16
     monkeypatch.setattr(ops, "HOPPER_FORWARD", gluon)
     monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})
     ran = []
     monkeypatch.setattr(ops, "LAUNCH_HOOKS", [lambda kernel, info: ran.append(kernel)])
-    check_against_reference(*one_key_inputs(2, 4, 2, 600, 128, 50.0, dtype), causal=True, softcap=50.0)
-    assert ops.fixed_max_fits(50.0, dtype) and ran[0] == kernel, ran
+    check_against_reference(*one_key_inputs(2, 4, 2, 600, 128, 50.0, torch.bfloat16), causal=True, softcap=50.0)
+    assert ops.fixed_max_fits(50.0, torch.bfloat16) and ran[0] == kernel, ran
 
 
 def test_only_bfloat16_and_float32_within_the_budget_take_a_fixed_maximum():

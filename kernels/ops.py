@@ -385,10 +385,10 @@ def hopper_backward_fits(q, k, p: Pattern) -> bool:
 
 def hopper_backward_pays(head_dim: int, kv_len: int, p: Pattern) -> bool:
     """Whether the Gluon dK/dV kernel measured faster than backward.py's for this head size, key length and pattern."""
-    if head_dim not in HOPPER_BACKWARD_MIN_KEYS:
-        return False
-    least = None if p.causal else HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL.get(head_dim)
-    return kv_len >= (HOPPER_BACKWARD_MIN_KEYS[head_dim] if least is None else least)
+    least = HOPPER_BACKWARD_MIN_KEYS.get(head_dim)
+    if not p.causal and least is not None:
+        least = HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL.get(head_dim, least)
+    return least is not None and kv_len >= least
 
 
 def hopper_fused_dq_pays(q_len: int, p: Pattern) -> bool:

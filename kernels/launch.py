@@ -124,58 +124,10 @@ class Launcher:
 
 def _unchecked(cls, t: torch.Tensor, shape: list, strides: list, block_shape: list, **fields):
     """An instance of the descriptor dataclass cls without its __post_init__ checks (its other fields keep their
-    class defaults), marked as ours for the encoding cache below."""
+    class defaults)."""
     desc = cls.__new__(cls)
-    desc.__dict__.update(base=t, shape=shape, strides=strides, block_shape=block_shape, padding="zero",
-                         _hf_sdpa=True, **fields)
+    desc.__dict__.update(base=t, shape=shape, strides=strides, block_shape=block_shape, padding="zero", **fields)
     return desc
-
-
-# Triton's launcher encodes every TMA descriptor argument at every launch (make_tensordesc_arg: Python around
-# cuTensorMapEncodeTiled), 13 of them in a training call of the Gluon kernels. The encoding is a function of the
-# address, shape, strides and the kernel's metadata for that argument (block, swizzle, element type), and the
-# caching allocator hands a training loop or a decode step the same addresses call after call: caching_encoder
-# keeps the encoded argument for our descriptors (those _unchecked made; anyone else's pass through).
-# HF_SDPA_DESCRIPTOR_CACHE=0, read at import (DESCRIPTOR_CACHE at run time), encodes every launch as Triton does.
-DESCRIPTOR_CACHE = os.environ.get("HF_SDPA_DESCRIPTOR_CACHE", "1") == "1"
-ENCODED_LIMIT = 4096  # entries; a full cache starts again empty
-
-
-def caching_encoder(encode):
-    """make_tensordesc_arg(arg, metadata, ...) that returns encode's earlier result for an equal descriptor of ours
-    and the same metadata object (Triton's per kernel and argument)."""
-    encoded = {}
-
-    def cached(arg, metadata, *rest):
-        if metadata is None or not DESCRIPTOR_CACHE or not arg.__dict__.get("_hf_sdpa"):
-            return encode(arg, metadata, *rest)
-        key = (arg.base.data_ptr(), arg.base.dtype, tuple(arg.shape), tuple(arg.strides), tuple(arg.block_shape),
-               arg.padding, type(arg), id(metadata))
-        hit = encoded.get(key)
-        if hit is not None and hit[0] is metadata:  # the same object: its id was not reused
-            return hit[1]
-        if len(encoded) >= ENCODED_LIMIT:
-            encoded.clear()
-        result = encode(arg, metadata, *rest)
-        encoded[key] = (metadata, result)
-        return result
-    cached.cache = encoded
-    return cached
-
-
-def _install_encoding_cache():
-    """Puts caching_encoder in place of the NVIDIA backend's make_tensordesc_arg, before any of our kernels loads
-    (Triton 3.9 binds it when a kernel's launcher is built, 3.6 looks it up at each launch)."""
-    try:
-        from triton.backends.nvidia import driver as nvidia
-    except ImportError:
-        return
-    encode = getattr(nvidia, "make_tensordesc_arg", None)
-    if encode is not None and not hasattr(encode, "cache"):
-        nvidia.make_tensordesc_arg = caching_encoder(encode)
-
-
-_install_encoding_cache()
 
 
 def unchecked_descriptor(t: torch.Tensor, shape: list, strides: list, block_shape: list):

@@ -348,11 +348,15 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
 # once the loader stages LSE and Delta (the backward 4-17% faster; at 512 keys head size 64 28% slower;
 # benchmarks/NOTES.md entries 15 and 17); at head size 256 at every length measured, 512 keys included, masks too
 # (its dK/dV pass 1.7-2.9x faster, the backward 1.25-1.7x; entry 18). Without the causal mask head size 128 from
-# 512 keys (HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL): forward+backward 15-16% faster at 512 keys, batch 32 (entry 43).
+# 512 keys (HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL): forward+backward 15-16% faster at 512 keys, batch 32 (entry 43),
+# 18-21% at 1024 keys, batch 16; at batch 8 of 512 keys (a quarter of the rows) the call is bound by the host and
+# the Gluon backward's extra launch and descriptors made it 17-29% slower (entry 44), hence from
+# HOPPER_BACKWARD_BIDIRECTIONAL_MIN_ROWS query rows (batch x heads x queries) only.
 HOPPER_BACKWARD = os.environ.get("HF_SDPA_HOPPER_BACKWARD", "1") == "1"
 HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2), 256: (64, 2)}
 HOPPER_BACKWARD_MIN_KEYS = {64: 2048, 128: 2048, 256: 0}
 HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL = {128: 512}
+HOPPER_BACKWARD_BIDIRECTIONAL_MIN_ROWS = 32 * 32 * 512
 # Where it pays, the Gluon kernel writes dQ as well (added up in float32 by TMA reductions), in place of
 # backward.py's dQ kernel, which computes S and dP once more (HF_SDPA_HOPPER_FUSED_DQ=0 turns it off): from 8192
 # queries, dense or causal, the backward 2-15% faster; at 4096 and fewer, or with a mask that skips most of the
@@ -383,10 +387,11 @@ def hopper_backward_fits(q, k, p: Pattern) -> bool:
             and k.shape[2] >= 1 and p.dropout_p == 0)
 
 
-def hopper_backward_pays(head_dim: int, kv_len: int, p: Pattern) -> bool:
-    """Whether the Gluon dK/dV kernel measured faster than backward.py's for this head size, key length and pattern."""
+def hopper_backward_pays(head_dim: int, kv_len: int, p: Pattern, query_rows: int) -> bool:
+    """Whether the Gluon dK/dV kernel measured faster than backward.py's for this head size, key length, pattern and
+    number of query rows (batch x heads x queries)."""
     least = HOPPER_BACKWARD_MIN_KEYS.get(head_dim)
-    if not p.causal and least is not None:
+    if not p.causal and least is not None and query_rows >= HOPPER_BACKWARD_BIDIRECTIONAL_MIN_ROWS:
         least = HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL.get(head_dim, least)
     return least is not None and kv_len >= least
 
@@ -612,7 +617,7 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
         return tma
 
     gluon = (HOPPER_BACKWARD and HOPPER_DKDV is not None and hopper_backward_fits(q, k, p)
-             and hopper_backward_pays(D, SKV, p) and _is_hopper(q.device))
+             and hopper_backward_pays(D, SKV, p, B * H * SQ) and _is_hopper(q.device))
     gluon_dq = gluon and HOPPER_GLUON_DQ and D in HOPPER_DQ_TILES
     if (gluon and not gluon_dq and HOPPER_FUSED_DQ and D in HOPPER_FUSED_DQ_HEAD_SIZES and hopper_fused_dq_pays(SQ, p)
             and _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p, args)):

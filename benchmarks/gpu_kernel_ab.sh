@@ -10,7 +10,7 @@
 # First the GPU tests that TESTS selects (pytest -k; TEST_MARK="" also takes the unmarked tests, which run on the GPU
 # where there is one: the decode tests), on each variant; after a failure or a hang nothing is timed.
 # Then hopper_ab.py (its own checks against math and forward.py, then the timings; with AB=decode, decode_bench.py
-# and AB_ARGS its options, e.g. "--kv 4096,65536") ROUNDS_AB times a kernel set,
+# and AB_ARGS its options, e.g. "--kv 4096,65536"; with AB=backward, hopper_bwd_ab.py) ROUNDS_AB times a kernel set,
 # each variant and the committed one in turns (the GPU's speed drifts within a call). Files under $OUT/r:
 # tests_gpu.txt (tests_gpu_<folder>.txt with several variants), ab.txt (every run's tables, marked with the
 # variant's folder name, or new/old with one variant, and the turn) and ab_runs.tgz (each run's JSON and Markdown).
@@ -47,6 +47,9 @@ if [ "$tests" = 0 ]; then
       if [ "${AB:-hopper}" = decode ]; then
         timeout ${AB_TIMEOUT:-90} python3 benchmarks/decode_bench.py --out "$OUT/r/runs/$name$turn" ${AB_ARGS:-} \
           2>&1 | grep "^| [0-9]" >> "$OUT/r/ab.txt"
+      elif [ "${AB:-hopper}" = backward ]; then
+        timeout ${AB_TIMEOUT:-90} python3 benchmarks/hopper_bwd_ab.py --out "$OUT/r/runs/$name$turn" --rounds 3 \
+          --tiles "" ${CASES:+--cases $CASES} ${AB_ARGS:-} 2>&1 | grep -v "^- \|^{" >> "$OUT/r/ab.txt"
       else
         timeout ${AB_TIMEOUT:-90} python3 benchmarks/hopper_ab.py --out "$OUT/r/runs/$name$turn" --rounds 3 \
           ${CASES:+--cases $CASES} ${AB_ARGS:-} 2>&1 | grep -v "^- " >> "$OUT/r/ab.txt"

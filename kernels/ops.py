@@ -349,8 +349,8 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
 # benchmarks/NOTES.md entries 15 and 17); at head size 256 at every length measured, 512 keys included, masks too
 # (its dK/dV pass 1.7-2.9x faster, the backward 1.25-1.7x; entry 18). Without the causal mask head size 128 from
 # 512 keys (HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL): forward+backward 15-16% faster at 512 keys, batch 32 (entry 43),
-# 18-21% at 1024 keys, batch 16; at batch 8 of 512 keys (a quarter of the rows) the call is bound by the host and
-# the Gluon backward's extra launch and descriptors made it 17-29% slower (entry 44), hence from
+# 18-21% at 1024 keys, batch 16; at batch 8 of 512 keys (a quarter of the rows) the call is bound by the host, and
+# there the Gluon backward (one launch more, its kernels shorter) measured 17-29% slower (entry 44): hence from
 # HOPPER_BACKWARD_BIDIRECTIONAL_MIN_ROWS query rows (batch x heads x queries) only.
 HOPPER_BACKWARD = os.environ.get("HF_SDPA_HOPPER_BACKWARD", "1") == "1"
 HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2), 256: (64, 2)}

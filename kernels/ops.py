@@ -463,7 +463,7 @@ def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, dq_sum=None):
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     block_m, stages = HOPPER_BACKWARD_TILES[D]
-    keys = ROWS_PER_GROUP.value  # a K and V block: one group's keys
+    keys, per_program = ROWS_PER_GROUP.value, keys_per_program(D)  # a K and V block: one group's keys
     descriptors = _gluon_descriptors((q, k, v, do), (block_m, keys, keys, block_m))
     if descriptors is None:
         return False
@@ -471,14 +471,14 @@ def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, dq_sum=None):
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), \
         flags = args
     HOPPER_DKDV(
-        (cdiv(SKV, keys_per_program(D)), B * HK, 1), *descriptors, _dq_descriptor(dq_sum, block_m) or descriptors[0],
+        (cdiv(SKV, per_program), B * HK, 1), *descriptors, _dq_descriptor(dq_sum, block_m) or descriptors[0],
         dk, dv, lse_desc, delta_desc, kv_lo, kv_hi, holes, key_keep, documents,
         qk_scale, sm_scale, softcap, window, *dk.stride()[:3], *dv.stride()[:3], s_keep, s_doc, row_len, H, H // HK, SQ,
         SKV,
         HEAD_DIM=D, BLOCK_M=block_m, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
         HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],
         SOFTCAP=flags["SOFTCAP"] != SOFTCAP_NONE.value, FUSED_DQ=dq_sum is not None, num_warps=4)
-    _announce("attention_bwd_dkdv_hopper_kernel", BLOCK_M=block_m, BLOCK_N=keys_per_program(D), warps=9, stages=stages,
+    _announce("attention_bwd_dkdv_hopper_kernel", BLOCK_M=block_m, BLOCK_N=per_program, warps=9, stages=stages,
               TMA=True)
     return True
 

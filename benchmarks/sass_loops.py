@@ -116,7 +116,7 @@ def compile_hopper_dq(head_dim: int = 128, block_n: int = 64, stages: int = 2, c
 
 
 # the Gluon kernels' pointer and float arguments; every other one is an int32
-GLUON_ARGS = {"DQ": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
+GLUON_ARGS = {"DQ": "*{dtype}", "O": "*{dtype}", "DK": "*{dtype}", "DV": "*{dtype}", "Lse": "*fp32", "Delta": "*fp32",
               "KvLo": "*i32", "KvHi": "*i32", "Holes": "*i8", "KeyKeep": "*i8", "DocStart": "*i32", "qk_scale": "fp32",
               "sm_scale": "fp32", "softcap": "fp32", "Tickets": "*i32"}
 # The mask tensors that ops passes as Q (never read) where the flag is off, as a launch types them

@@ -10,9 +10,11 @@ warpgroup issues
     still in flight, then dS = P * (dP - Delta) and dQ += dS K, dS from registers.
 
 A V buffer is released once both groups' dP has run, a K buffer once their dQ += dS K has. Delta = rowsum(dO * O)
-comes from backward.py's Delta kernel, launched first; LSE is the forward's, in log2 units (+inf where a row saw no
-key: its P is 0). dQ leaves scaled by the softmax scale; with softcap, dS is multiplied by 1 - tanh^2 of the capped
-score. Scope: as hopper_backward.py's, head sizes 64 and 128.
+of a group's rows is worked out before its key loop, from its dO tile and O read from global memory while Q and dO
+load, and written for the dK/dV kernel, which runs next (so no Delta kernel is launched); LSE is the forward's, in
+log2 units (+inf where a row saw no key: its P is 0). dQ leaves scaled by the softmax scale; with softcap, dS is
+multiplied by 1 - tanh^2 of the capped score. Scope: as hopper_backward.py's (ops launches it at head sizes 128 and
+256).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -21,6 +23,12 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from .hopper_forward import (CONSUMER_REGISTERS, LOADER_REGISTERS, ROWS_PER_GROUP, _loader, _tma_load, barriers,
                              group_tile, hardware_tanh, masked_block, mma_layout, register_operand, row_masks, visible)
 from .tiles import LOG2E
+
+
+@gluon.constexpr_function
+def row_tile_layout(head_dim):
+    """A warpgroup's (64, head_dim) tile in 16-byte pieces, a row's pieces over neighbouring threads (coalesced)."""
+    return gl.BlockedLayout([1, 8], [32 // (head_dim // 8), head_dim // 8], [4, 1], [1, 0])
 
 
 @gluon.jit
@@ -48,7 +56,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
               STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr,
               HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr, SOFTCAP: gl.constexpr, GROUP_ID: gl.constexpr):
     """One warpgroup: dQ of 64 query rows of the program's tile over its key blocks."""
-    q_desc, _, _, do_desc, DQ, Lse, Delta, dq_strides = io
+    q_desc, _, _, do_desc, DQ, Lse, Delta, dq_strides, O, o_strides = io
     _, _, SQ, SKV = shape
     q_smem, k_ring, v_ring, q_ready, k_ready, v_ready, k_empty, v_empty, do_smem = bufs
     dtype: gl.constexpr = q_desc.dtype
@@ -61,6 +69,7 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
                                                       HAS_PADDING, HAS_WINDOW, HAS_DOC, GROUP_ID)
     offs_m = start_m + gl.arange(0, ROWS_PER_GROUP, layout=rows_s)
     dq = gl.zeros([ROWS_PER_GROUP, HEAD_DIM], gl.float32, dq_layout)
+    row = bh.to(gl.int64) * SQ + offs_m
     if n_blocks > 0:
         rows = row_masks(shape, mask, start_m, b, offs_m, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC)
         ready = q_ready.index(GROUP_ID)
@@ -69,11 +78,18 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
         _tma_load(do_desc, [b, h, start_m, 0], ready, do_smem.index(GROUP_ID))
         q = q_smem.index(GROUP_ID).reshape([ROWS_PER_GROUP, HEAD_DIM])
         do = do_smem.index(GROUP_ID).reshape([ROWS_PER_GROUP, HEAD_DIM])
-        row = bh.to(gl.int64) * SQ + offs_m
         lse = gl.load(Lse + row, mask=offs_m < SQ, other=float("inf"))  # rows past SQ: P = 0
-        delta = gl.load(Delta + row, mask=offs_m < SQ, other=0.0)
+        tile: gl.constexpr = row_tile_layout(HEAD_DIM)
+        stride_ob, stride_oh, stride_om = o_strides
+        rows_o = start_m + gl.arange(0, ROWS_PER_GROUP, layout=gl.SliceLayout(1, tile))
+        cols_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, tile))
+        o = gl.load(O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_o[:, None] * stride_om
+                    + cols_o[None, :], mask=rows_o[:, None] < SQ, other=0.0)
         s_zero = gl.zeros([ROWS_PER_GROUP, BLOCK_N], gl.float32, s_layout)
         mbarrier.wait(ready, 0)
+        # Delta = rowsum(dO * O) in float32, as backward.py's Delta kernel sums it (dO's rows past SQ are TMA's 0)
+        delta = gl.convert_layout(gl.sum(o.to(gl.float32) * do.load(tile).to(gl.float32), axis=1), rows_s)
+        gl.store(Delta + row, delta, mask=offs_m < SQ)
 
         for i in range(n_blocks):
             stage = i % STAGES
@@ -100,6 +116,8 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
             dq = warpgroup_mma(ds, k, dq, is_async=True)
             dq, ds = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ds))
             mbarrier.arrive(k_empty.index(stage), count=1)
+    else:  # rows that see no key: P is 0 there, but the dK/dV kernel multiplies Delta by it, so not memory's garbage
+        gl.store(Delta + row, gl.zeros([ROWS_PER_GROUP], gl.float32, rows_s), mask=offs_m < SQ)
 
     stride_b, stride_h, stride_m = dq_strides
     rows_dq = start_m + gl.arange(0, ROWS_PER_GROUP, layout=gl.SliceLayout(1, dq_layout))
@@ -110,17 +128,19 @@ def _consumer(io, shape, tiles, mask, score, bufs, HEAD_DIM: gl.constexpr, BLOCK
 
 @gluon.jit
 def attention_bwd_dq_hopper_kernel(
-        q_desc, k_desc, v_desc, do_desc, DQ, Lse, Delta, KvLo, KvHi, Holes, KeyKeep, DocStart,
-        qk_scale, sm_scale, softcap, window, stride_dqb, stride_dqh, stride_dqm, stride_keep_b, stride_doc_b,
+        q_desc, k_desc, v_desc, do_desc, DQ, O, Lse, Delta, KvLo, KvHi, Holes, KeyKeep, DocStart,
+        qk_scale, sm_scale, softcap, window, stride_dqb, stride_dqh, stride_dqm, stride_ob, stride_oh, stride_om,
+        stride_keep_b, stride_doc_b,
         H, GROUP, SQ, SKV, BH, SECTION,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
         HAS_PADDING: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_HOLES: gl.constexpr, HAS_DOC: gl.constexpr,
         SOFTCAP: gl.constexpr):
     """Launched with num_warps=4 (the first consumer group); the second group and the loader are added warps.
     q_desc and do_desc read (1, 1, 64, HEAD_DIM) tiles of Q and dO (B, H, SQ, D), k_desc and v_desc
-    (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V (B, HK, SKV, D); DQ (B, H, SQ, D) with the given strides; Lse and
-    Delta (B, H, SQ) float32; the mask arguments, BH = B * H and SECTION as hopper_forward.py takes them; grid
-    (cdiv(SQ, 128) * B * H,): one program per tile, the tiles in hopper_forward.py's order."""
+    (1, 1, BLOCK_N, HEAD_DIM) tiles of K and V (B, HK, SKV, D); DQ and the forward's output O (B, H, SQ, D) with
+    the given strides; Lse (B, H, SQ) float32, Delta (B, H, SQ) float32 written here; the mask arguments, BH = B * H
+    and SECTION as hopper_forward.py takes them; grid (cdiv(SQ, 128) * B * H,): one program per tile, the tiles in
+    hopper_forward.py's order."""
     gl.static_assert(STAGES >= 2, "a group reads K and V of one block while the next block loads")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
@@ -134,7 +154,8 @@ def attention_bwd_dq_hopper_kernel(
     v_empty = barriers(STAGES, 2)
 
     # io with K's and V's descriptors where the forward's loader reads them
-    io = (q_desc, k_desc, v_desc, do_desc, DQ, Lse, Delta, (stride_dqb, stride_dqh, stride_dqm))
+    io = (q_desc, k_desc, v_desc, do_desc, DQ, Lse, Delta, (stride_dqb, stride_dqh, stride_dqm), O,
+          (stride_ob, stride_oh, stride_om))
     shape = (H, GROUP, SQ, SKV)
     mask = (KvLo, KvHi, window, DocStart, stride_doc_b, Holes, KeyKeep, stride_keep_b)
     score = (qk_scale, sm_scale, softcap)

@@ -432,22 +432,22 @@ def _run_delta(out, do, delta):
 
 
 def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern, args) -> bool:
-    """Delta, then the Gluon dQ kernel, or False where a tensor's strides keep TMA from addressing it. args:
-    _pattern_args(p, q)."""
+    """The Gluon dQ kernel, writing Delta as well, or False where a tensor's strides keep TMA from addressing it.
+    args: _pattern_args(p, q)."""
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     masked = p.kv_lo is not None or p.softcap is not None or p.documents is not None
     block_n, stages = masked and HOPPER_DQ_MASKED_TILES.get(D) or HOPPER_DQ_TILES[D]
     rows = ROWS_PER_GROUP.value
     descriptors = _gluon_descriptors((q, k, v, do), (rows, block_n, block_n, rows))
-    if descriptors is None:
+    if descriptors is None or out.stride(3) != 1:  # the kernel reads O's rows (for Delta) with unit column stride
         return False
-    _run_delta(out, do, delta)
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), \
         flags = args
     HOPPER_DQ(
-        (cdiv(SQ, 2 * rows) * B * H, 1, 1), *descriptors, dq, lse, delta, kv_lo, kv_hi, holes, key_keep, documents,
-        qk_scale, sm_scale, softcap, window, *dq.stride()[:3], s_keep, s_doc, H, H // HK, SQ, SKV, B * H,
+        (cdiv(SQ, 2 * rows) * B * H, 1, 1), *descriptors, dq, out, lse, delta, kv_lo, kv_hi, holes, key_keep,
+        documents, qk_scale, sm_scale, softcap, window, *dq.stride()[:3], *out.stride()[:3], s_keep, s_doc, H,
+        H // HK, SQ, SKV, B * H,
         section_heads(k, H // HK, B * H),
         HEAD_DIM=D, BLOCK_N=block_n, STAGES=stages, CAUSAL=flags["CAUSAL"], HAS_PADDING=flags["HAS_PADDING"],
         HAS_WINDOW=flags["HAS_WINDOW"], HAS_HOLES=flags["HAS_HOLES"], HAS_DOC=flags["HAS_DOC"],

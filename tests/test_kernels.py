@@ -499,13 +499,13 @@ def test_the_gluon_backward_launch_binds_every_kernel_parameter(head_dim, keys, 
     assert (args["HEAD_DIM"], args["BLOCK_M"], args["STAGES"], args["CAUSAL"]) == (head_dim, 64, 2, True)
 
 
-def test_the_gluon_dq_kernel_launches_after_delta_and_binds_every_kernel_parameter(monkeypatch):
-    """Where the Gluon dK/dV kernel runs without writing dQ, the Gluon dQ kernel replaces backward.py's: the Delta
-    kernel (through the interpreter) first, then descriptors over Q, K, V and dO (64-row blocks of Q and dO, the
-    table's key blocks of K and V), a program per 128-row tile of each batch row and head, and every parameter
-    bound."""
-    if ops.HOPPER_DQ is None or not interpreting():
-        pytest.skip("the Delta kernel runs on the CPU through the interpreter; this Triton has Gluon's Hopper language")
+def test_the_gluon_dq_kernel_writes_delta_and_binds_every_kernel_parameter(monkeypatch):
+    """Where the Gluon dK/dV kernel runs without writing dQ, the Gluon dQ kernel replaces backward.py's and writes
+    Delta for it (no Delta kernel): descriptors over Q, K, V and dO (64-row blocks of Q and dO, the table's key
+    blocks of K and V), O and its strides, a program per 128-row tile of each batch row and head, and every
+    parameter bound."""
+    if ops.HOPPER_DQ is None:
+        pytest.skip("this Triton has no Gluon Hopper language")
     calls = stub_launches(monkeypatch, ops.HOPPER_DQ)
     dkdv_calls = stub_launches(monkeypatch, ops.HOPPER_DKDV)
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
@@ -520,7 +520,7 @@ def test_the_gluon_dq_kernel_launches_after_delta_and_binds_every_kernel_paramet
     out = torch.randn_like(q)
     lse = torch.randn(2, 8, 300)
     dq, dk, dv = ops.run_backward(q, k, v, out, lse, do, pattern)
-    assert ran == ["attention_bwd_delta_kernel", "attention_bwd_dq_hopper_kernel", "attention_bwd_dkdv_hopper_kernel"]
+    assert ran == ["attention_bwd_dq_hopper_kernel", "attention_bwd_dkdv_hopper_kernel"]
     (grid, warps, args), = calls
     block_n = ops.HOPPER_DQ_TILES[128][0]
     assert grid == (3 * 16, 1, 1) and warps == 4 and len(dkdv_calls) == 1
@@ -528,9 +528,9 @@ def test_the_gluon_dq_kernel_launches_after_delta_and_binds_every_kernel_paramet
     blocks = [args[name].block_shape for name in ("q_desc", "k_desc", "v_desc", "do_desc")]
     assert blocks == [[1, 1, 64, 128], [1, 1, block_n, 128], [1, 1, block_n, 128], [1, 1, 64, 128]]
     assert args["q_desc"].strides == list(q.stride()) and args["do_desc"].strides == list(do.stride())
-    assert args["DQ"] is dq and args["Lse"] is lse
-    assert args["Delta"].data_ptr() == dkdv_calls[0][2]["delta_desc"].base.data_ptr()  # the dK/dV kernel reads it too
-    torch.testing.assert_close(args["Delta"], (out.float() * do.float()).sum(-1), rtol=1e-3, atol=1e-3)
+    assert args["DQ"] is dq and args["O"] is out and args["Lse"] is lse
+    assert args["Delta"].data_ptr() == dkdv_calls[0][2]["delta_desc"].base.data_ptr()  # the dK/dV kernel reads it
+    assert (args["stride_ob"], args["stride_oh"], args["stride_om"]) == out.stride()[:3]
     assert args["sm_scale"] == 0.125 and args["window"] == 100 and args["HAS_WINDOW"] and not args["HAS_PADDING"]
     assert (args["stride_dqb"], args["stride_dqh"], args["stride_dqm"]) == dq.stride()[:3]
     assert (args["H"], args["GROUP"], args["SQ"], args["SKV"]) == (8, 4, 300, 300)

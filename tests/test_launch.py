@@ -185,7 +185,7 @@ def test_the_gluon_backward_relaunches_with_all_parameters(gluon_dq, monkeypatch
     monkeypatch.setattr(launch, "current_device", lambda: 0)
     monkeypatch.setattr(launch, "current_stream", lambda device: 0)
     fakes = {}
-    for name in ("DELTA", "HOPPER_DQ", "HOPPER_DKDV") if gluon_dq else ("DQ", "HOPPER_DKDV"):
+    for name in ("HOPPER_DQ", "HOPPER_DKDV") if gluon_dq else ("DQ", "HOPPER_DKDV"):
         launcher = getattr(ops, name)
         fakes[name] = _Kernel(launcher.kernel.arg_names)
         monkeypatch.setattr(launcher, "kernel", fakes[name])
@@ -200,7 +200,7 @@ def test_the_gluon_backward_relaunches_with_all_parameters(gluon_dq, monkeypatch
     pattern = ops.Pattern(None, None, None, None, None, True, None, None, 0.125, 0.0, 0, None)
     for _ in range(2):
         ops.run_backward(q, k, v, out, lse, do, pattern)
-    grids = {"HOPPER_DKDV": (3, 8, 1), "HOPPER_DQ": (3 * 8, 1, 1), "DELTA": (5, 8, 1), "DQ": None}
+    grids = {"HOPPER_DKDV": (3, 8, 1), "HOPPER_DQ": (3 * 8, 1, 1), "DQ": None}
     for name, fake in fakes.items():
         assert [entry[0] for entry in fake.log] == ["triton", "direct"], name
         _, grid, args, _ = fake.log[1]

@@ -349,14 +349,14 @@ def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
 # benchmarks/NOTES.md entries 15 and 17); at head size 256 at every length measured, 512 keys included, masks too
 # (its dK/dV pass 1.7-2.9x faster, the backward 1.25-1.7x; entry 18). Without the causal mask head size 128 from
 # 512 keys (HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL): forward+backward 15-16% faster at 512 keys, batch 32 (entry 43),
-# 18-21% at 1024 keys, batch 16; at batch 8 of 512 keys (a quarter of the rows) the call is bound by the host, and
-# there the Gluon backward (one launch more, its kernels shorter) measured 17-29% slower (entry 44): hence from
-# HOPPER_BACKWARD_BIDIRECTIONAL_MIN_ROWS query rows (batch x heads x queries) only.
+# 18-21% at 1024 keys, batch 16, and 10-11% at 512 keys, batch 16 (entry 45); at batch 8 of 512 keys the call is
+# bound by the host, and there the Gluon backward (its kernels shorter) measured 17-29% slower (entry 44): hence
+# from HOPPER_BACKWARD_BIDIRECTIONAL_MIN_ROWS query rows (batch x heads x queries) only.
 HOPPER_BACKWARD = os.environ.get("HF_SDPA_HOPPER_BACKWARD", "1") == "1"
 HOPPER_BACKWARD_TILES = {64: (64, 2), 128: (64, 2), 256: (64, 2)}
 HOPPER_BACKWARD_MIN_KEYS = {64: 2048, 128: 2048, 256: 0}
 HOPPER_BACKWARD_MIN_KEYS_BIDIRECTIONAL = {128: 512}
-HOPPER_BACKWARD_BIDIRECTIONAL_MIN_ROWS = 32 * 32 * 512
+HOPPER_BACKWARD_BIDIRECTIONAL_MIN_ROWS = 16 * 32 * 512
 # Where it pays, the Gluon kernel writes dQ as well (added up in float32 by TMA reductions), in place of
 # backward.py's dQ kernel, which computes S and dP once more (HF_SDPA_HOPPER_FUSED_DQ=0 turns it off): from 8192
 # queries, dense or causal, the backward 2-15% faster; at 4096 and fewer, or with a mask that skips most of the

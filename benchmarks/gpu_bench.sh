@@ -12,6 +12,9 @@ for size in ${E2E_SIZES:-}; do
 done
 timeout ${BENCH_TIMEOUT:-450} python3 benchmarks/attention_bench.py --out "$OUT/r" ${BENCH_ARGS:-} > "$OUT/r/bench_log.txt" 2>&1
 tail -n 4 "$OUT/r/bench_log.txt"
+# cut short by BENCH_TIMEOUT: the Markdown and the plot from the rows it kept
+[ -f "$OUT/r/bench.md" ] || [ ! -f "$OUT/r/bench.json" ] \
+  || python3 benchmarks/attention_bench.py --render "$OUT/r/bench.json" --out "$OUT/r" >> "$OUT/r/bench_log.txt" 2>&1
 if [ "${DECODE_TIMEOUT:-100}" != 0 ]; then
   timeout ${DECODE_TIMEOUT:-100} python3 benchmarks/decode_bench.py --out "$OUT/r" > "$OUT/r/decode_log.txt" 2>&1
   tail -n 8 "$OUT/r/decode_log.txt"

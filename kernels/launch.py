@@ -7,8 +7,9 @@ entry 11). What a compiled
 kernel is specialised on is a few properties of each argument (`launch_key`): a tensor's dtype and 16-byte
 alignment; an integer's being 1, a multiple of 16, or beyond 32 bits; a tensor descriptor's dtype and block shape;
 constexprs and options by value. `Launcher` keys the compiled kernels on those classes and launches a call whose
-arguments fall in known classes through the compiled kernel's own launcher (`CompiledKernel[grid](*args,
-stream=...)`, the same in Triton 3.6 and 3.9); any other call goes through Triton, which compiles if it must.
+arguments fall in known classes through the compiled kernel's own launcher (`CompiledKernel.run`, called as
+`CompiledKernel[grid](*args, stream=...)` calls it, the same in Triton 3.6 and 3.9); any other call goes through
+Triton, which compiles if it must.
 tests/test_launch.py checks the classes against Triton's own specialisation of the same arguments.
 
 HF_SDPA_TRITON_LAUNCH=1, read at import, sends every launch through Triton's binder (to rule this module out when
@@ -19,6 +20,7 @@ import operator
 import os
 
 import torch
+from triton import knobs
 from triton.runtime import driver
 
 from .config import interpreting
@@ -88,6 +90,14 @@ def launch_key(args: tuple) -> tuple:
     return key
 
 
+def launch_hooks_set() -> bool:
+    """Whether a launch hook is set (a profiler such as Proton adds them). Triton's hooks are chains, empty unless
+    one is added, and its runner builds every launch's metadata for them (a dict over the kernel's 40-odd argument
+    names: about 2 us a launch on a CI core); with no hook the metadata is not read."""
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    return any(getattr(hook, "calls", hook) for hook in hooks)  # a chain's calls, or a hook assigned directly
+
+
 def current_device() -> int:
     return driver.active.get_current_device()
 
@@ -118,7 +128,12 @@ class Launcher:
                 self.compiled[key] = (compiled, tuple(kwargs[name] for name in self.kernel.arg_names[len(args):]))
             return compiled
         compiled, constexprs = found
-        compiled[grid](*args, *constexprs, stream=current_stream(device))
+        stream = current_stream(device)
+        if launch_hooks_set():
+            compiled[grid](*args, *constexprs, stream=stream)
+        else:  # what compiled[grid] runs, without the launch metadata that only hooks read
+            compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None,
+                         None, *args, *constexprs)
         return compiled
 
 

@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 import torch
+from triton import knobs
 
 from hf_sdpa.kernels import attention, launch, ops
 from hf_sdpa.kernels.config import DECODE_MIN_KEYS
@@ -79,14 +80,26 @@ def test_equal_launch_keys_are_equal_specialisations():
 
 
 class _Compiled:
-    """Stands for Triton's CompiledKernel, whose launcher reads grid[0], grid[1] and grid[2]."""
+    """Stands for Triton's CompiledKernel: its run (the launcher, which reads grid[0], grid[1] and grid[2] and calls
+    the hooks it is handed) and its [grid] runner, which calls run with the launch metadata and the set hooks."""
+    function, packed_metadata = "function", "metadata"
+
     def __init__(self, log):
         self.log = log
 
+    def run(self, x, y, z, stream, function, packed_metadata, metadata, enter_hook, exit_hook, *args):
+        assert (function, packed_metadata) == (self.function, self.packed_metadata)
+        hooked = enter_hook is not None
+        if hooked:
+            enter_hook(metadata)
+        self.log.append(("direct" + " hooked" * hooked, (x, y, z), args, stream))
+
     def __getitem__(self, grid):
-        def run(*args, stream):
-            self.log.append(("direct", (grid[0], grid[1], grid[2]), args, stream))
-        return run
+        def runner(*args, stream):
+            hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+            self.run(grid[0], grid[1], grid[2], stream, self.function, self.packed_metadata, {"name": "k"}, *hooks,
+                     *args)
+        return runner
 
 
 class _Kernel:
@@ -122,6 +135,28 @@ def test_launcher_relaunches_known_classes_and_asks_triton_otherwise(monkeypatch
     assert grid == (3, 1, 1) and args[1:] == (64, 16, True) and args[0].data_ptr() == x[4:].data_ptr() and stream == 1234
     launcher((5, 1, 1), x[1:], 48, FLAG=True, BLOCK=16, num_warps=4)  # the misaligned class is known now
     assert kernel.log[-1][0] == "direct"
+
+
+def test_launcher_leaves_the_launch_metadata_to_set_hooks(monkeypatch):
+    """With a launch hook set (a profiler's) a relaunch goes through the compiled kernel's runner, which hands the
+    hook its metadata; with none the launcher is called without metadata or hooks."""
+    monkeypatch.setattr(launch, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream", lambda device: 0)
+    kernel = _Kernel()
+    launcher = Launcher(kernel)
+    launcher.direct = True
+    x = torch.zeros(64)
+    seen = []
+    for _ in range(2):
+        launcher((2, 1, 1), x, 32, FLAG=True, BLOCK=16)
+    knobs.runtime.launch_enter_hook.add(seen.append)
+    try:
+        launcher((2, 1, 1), x, 32, FLAG=True, BLOCK=16)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(seen.append)
+    launcher((2, 1, 1), x, 32, FLAG=True, BLOCK=16)
+    assert [entry[0] for entry in kernel.log] == ["triton", "direct", "direct hooked", "direct"]
+    assert seen == [{"name": "k"}] and not launch.launch_hooks_set()
 
 
 def test_every_call_site_relaunches_with_all_parameters(monkeypatch):

@@ -302,28 +302,64 @@ def _scores(qk, start_n, offs_m, score, m_i, rows, BLOCK_N: gl.constexpr, CAUSAL
     the hardware tanh (16-bit inputs only reach here). Either factor is positive (ops sends the Gluon forward positive
     scales only), so the maxima are taken before it and it rides on the exponent's FFMA. rows: row_masks'; a row that
     has seen no key yet keeps -inf as its maximum and takes exponentials against 0 (they are all 0). FIXED_MAX: m_i
-    is _max_start's and stays (capped scores are bounded: ops.fixed_max_fits)."""
+    is _max_start's and stays (capped scores are bounded: ops.fixed_max_fits), so every exponent is finite: the
+    exponentials are taken first, a quarter of them on the FMA pipe, and the hidden pairs zeroed after
+    (benchmarks/NOTES.md entry 47)."""
     qk_scale, sm_scale, softcap = score
     if SOFTCAP:
         qk = hardware_tanh(qk * (sm_scale / softcap))
         qk_scale = softcap * LOG2E
+    if FIXED_MAX:  # every exponent finite and >= -120: exponentials first, hidden pairs zeroed after
+        p = _exp2_quarter_on_fma(qk * qk_scale - m_i[:, None])
+        if masked_block(start_n, rows, BLOCK_N):
+            p = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC,
+                                 s_layout), p, 0.0)
+        return m_i, m_i, p
     if masked_block(start_n, rows, BLOCK_N):
         qk = gl.where(visible(start_n, offs_m, rows, BLOCK_N, CAUSAL, HAS_PADDING, HAS_WINDOW, HAS_HOLES, HAS_DOC,
                               s_layout), qk,
                       float("-inf"))
-        if FIXED_MAX:
-            m_new = m_i
-            m_ref = m_i
-        else:
-            m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
-            m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
+        m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+        m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        if FIXED_MAX:
-            m_new = m_i
-        else:
-            m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
+        m_new = gl.maximum(m_i, gl.max(qk, axis=1) * qk_scale)
         m_ref = m_new
     return m_new, m_ref, gl.exp2(qk * qk_scale - m_ref[:, None])
+
+
+# 2^f on [-1/2, 1/2] by f -> C0 + f (C1 + f (C2 + f C3)): relative error 7.5e-5 (weighted least squares towards the
+# minimax fit), below bfloat16's 2^-9, in which P V takes P.
+EXP2_C0, EXP2_C1, EXP2_C2, EXP2_C3 = (gl.constexpr(c) for c in (0.9999280735783096, 0.6932609862225375,
+                                                                  0.2426111218771512, 0.055171664930303795))
+ROUNDING = gl.constexpr(12582912.0)  # 1.5 * 2^23: x + ROUNDING holds x rounded to an integer in its low bits
+
+
+@gluon.jit
+def _exp2_fma(x):
+    """2^x for -126 <= x < 128 on the FMA pipe: x = n + f (n the nearest integer), 2^f by the EXP2_C cubic,
+    and n added to its exponent bits (FlashAttention-4 takes some of its exponentials so on Blackwell)."""
+    t = x + ROUNDING
+    f = x - (t - ROUNDING)
+    p = ((EXP2_C3 * f + EXP2_C2) * f + EXP2_C1) * f + EXP2_C0
+    return (p.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _exp2_quarter_on_fma(x):
+    """2^x of a (rows, keys) tile in the MMA layout, a quarter of it by _exp2_fma: with softcap the MUFU takes a tanh
+    and an exponential per score, as many cycles as the tensor cores take for the block's two matmuls (16 results a
+    clock and SM against 64 x 128 x 128 x 2 x 2 FLOP per group), so it shares the load with the FMA pipe. A thread
+    holds columns 8k + 2q + j (q its lane in the quad): those of odd k and j = 1 go to the FMA pipe, the split and
+    join moving no data."""
+    ROWS: gl.constexpr = x.shape[0]
+    COLS: gl.constexpr = x.shape[1]
+    # (rows, k // 2, k % 2, 2q + j) -> k % 2 last
+    even_k, odd_k = gl.split(x.reshape([ROWS, COLS // 16, 2, 8]).permute((0, 1, 3, 2)))
+    odd_j0, odd_j1 = gl.split(odd_k.reshape([ROWS, COLS // 16, 4, 2]))
+    odd_k = gl.join(gl.exp2(odd_j0), _exp2_fma(odd_j1)).reshape([ROWS, COLS // 16, 8])
+    even_k = gl.exp2(even_k)  # the conversions below map registers to the same pairs: they move nothing
+    odd_k = gl.convert_layout(odd_k, even_k.type.layout)
+    return gl.convert_layout(gl.join(even_k, odd_k).permute((0, 1, 3, 2)).reshape([ROWS, COLS]), x.type.layout)
 
 
 @gluon.jit

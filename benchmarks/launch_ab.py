@@ -3,10 +3,10 @@
 Three modes: binder (every launch through `kernel[grid](...)`), runner (the direct relaunch through the compiled
 kernel's `[grid]` runner, which builds launch metadata for the hooks: a no-op hook is set, as the relaunch ran
 before session 37) and direct (the relaunch as it runs with no hook set: `CompiledKernel.run` without metadata).
-Host speed drifts by 2x between and within device calls (benchmarks/NOTES.md entry 11), so the modes alternate
-round by round on the same inputs, with sdpa_cudnn as a last column on the same host. Per round and mode: host_us, the host time of a call (20 calls, no waiting), and stream_us, the time per call of 20 calls queued
-back to back and waited for (what a training loop sees: the larger of host and GPU time). Writes launch_ab.json
-and launch_ab.md.
+Host speed drifts by 2x between and within device calls (benchmarks/NOTES.md entry 11), so the modes alternate round
+by round on the same inputs, with sdpa_cudnn as a last column on the same host. Per round and mode: host_us, the
+host time of a call (20 calls, no waiting), and stream_us, the time per call of 20 calls queued back to back and
+waited for (what a training loop sees: the larger of host and GPU time). Writes launch_ab.json and launch_ab.md.
 """
 import argparse
 import json
@@ -17,7 +17,6 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
 from triton import knobs
 
 from hf_sdpa.kernels import attention, ops

@@ -268,26 +268,29 @@ def main():
     parser.add_argument("--full", action="store_true", help="bidirectional (default: causal)")
     parser.add_argument("--masks", action="store_true",
                         help="with padding ranges, a window and softcap (hopper_*: and packed documents)")
+    parser.add_argument("--softcap", action="store_true", help="with softcap alone (hardware tanh; the Gluon "
+                        "forward with its fixed maximum, as for bfloat16)")
     parser.add_argument("--fused-dq", action="store_true", help="hopper_backward: the variant that also writes dQ")
     parser.add_argument("--fixed-turns", action="store_true",
                         help="hopper_forward: tiles in fixed turns (one program per tile) instead of drawn")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
+    softcap = args.masks or args.softcap
     if args.kernel == "hopper_forward":  # 128 rows in two consumer groups, a loader warp
         compiled = compile_hopper_forward(args.head_dim, args.block_n, args.stages, causal=not args.full,
-                                          padding=args.masks, window=args.masks, softcap=args.masks,
+                                          padding=args.masks, window=args.masks, softcap=softcap,
                                           documents=args.masks, dynamic=not args.fixed_turns)
     elif args.kernel == "hopper_dq":  # 128 rows in two consumer groups, a loader warp
         compiled = compile_hopper_dq(args.head_dim, args.block_n, args.stages, causal=not args.full,
-                                     padding=args.masks, window=args.masks, softcap=args.masks, documents=args.masks)
+                                     padding=args.masks, window=args.masks, softcap=softcap, documents=args.masks)
     elif args.kernel == "hopper_backward":  # 128 keys in two consumer groups, a loader warp
         compiled = compile_hopper_backward(args.head_dim, args.block_m, args.stages, causal=not args.full,
-                                           padding=args.masks, window=args.masks, softcap=args.masks,
+                                           padding=args.masks, window=args.masks, softcap=softcap,
                                            documents=args.masks, fused_dq=args.fused_dq)
     else:
         from hf_sdpa.kernels.tiles import SOFTCAP_HW_TANH
 
-        masks = dict(HAS_PADDING=True, HAS_WINDOW=True, SOFTCAP=SOFTCAP_HW_TANH.value) if args.masks else {}
+        masks = dict(HAS_PADDING=args.masks, HAS_WINDOW=args.masks, SOFTCAP=SOFTCAP_HW_TANH.value if softcap else 0)
         compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                    BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                                    CAUSAL=not args.full, TMA=not args.no_tma, **masks)

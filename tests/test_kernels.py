@@ -588,7 +588,7 @@ HOPPER_CASES = [
     (2, 4, 2, 300, 100, 128, dict(causal=True)),                   # more rows than keys: the first rows see none
     (3, 8, 4, 600, 600, 256, dict(causal=True, softcap=30.0, window=200, padding="left")),  # Gemma2's layers
     (2, 4, 2, 400, 400, 128, dict(softcap=5.0, scale=0.3)),
-    (2, 8, 2, 600, 600, 128, dict(causal=True, softcap=30.0, padding="left")),     # Gemma2 at head size 128
+    (2, 8, 2, 600, 600, 128, dict(causal=True, softcap=30.0, padding="left")),     # softcap, causal, left-padded
     (2, 4, 2, 700, 700, 128, dict(causal=True, packed=True)),      # TRL's padding-free packing
 ]
 

@@ -197,9 +197,8 @@ def _loop_bodies(sass: str) -> list:
     return bodies
 
 
-def _short_path(body: list, sass: str) -> list:
-    """The body's instructions on the path that takes its longest forward branch within the body: in forward.py,
-    dQ, dK/dV and decode the branch around the element-wise mask, so the path of a block in the middle."""
+def _forward_branches(body: list, sass: str) -> list:
+    """(first, end, predicated) of each forward branch that lands within the body: it skips body[first:end]."""
     starts = {}  # label -> the address of the first instruction after it
     pending = []
     for line in sass.splitlines():
@@ -209,19 +208,42 @@ def _short_path(body: list, sass: str) -> list:
             starts.update((label, a.group(1)) for label in pending)
             pending = []
     where = {re.search(r"/\*([0-9a-f]{4,})\*/", b).group(1): i for i, b in enumerate(body)}
-    skip = (0, 0)
+    branches = []
     for i, line in enumerate(body):
-        m = re.search(r"\bBRA\b[^;]*?(L_x_\d+)", line)
-        j = where.get(starts.get(m.group(1))) if m else None
-        if j is not None and j - i > skip[1] - skip[0]:
-            skip = (i + 1, j)
-    return body[:skip[0]] + body[skip[1]:]
+        m = re.search(r"(@!?P\d\s+)?\bBRA\b[^;]*?(L_x_\d+)", line)
+        j = where.get(starts.get(m.group(2))) if m else None
+        if j is not None and j > i + 1:
+            branches.append((i + 1, j, bool(m.group(1))))
+    return branches
 
 
-def loop_report(compiled, short_paths: bool = False) -> dict:
+def _short_path(body: list, sass: str) -> list:
+    """The body's instructions on the path that takes its longest forward branch within the body: in forward.py,
+    dQ, dK/dV and decode the branch around the element-wise mask, so the path of a block in the middle."""
+    first, end, _ = max(_forward_branches(body, sass), key=lambda b: b[1] - b[0], default=(0, 0, False))
+    return body[:first] + body[end:]
+
+
+def _block_path(body: list, sass: str) -> list:
+    """A Gluon key loop's instructions on an unmasked block's path. Its longest forward branch skips the softmax
+    (the branch that is always taken, hopper_forward.py), so the body less: what unpredicated jumps skip (that
+    branch's other side), the element-wise mask (the longest predicated branch around no MUFU instruction) and a
+    tile's epilogue (a branch around the output's stores to shared memory, run once a tile)."""
+    branches = _forward_branches(body, sass)
+    unmasked = [b for b in branches if b[2] and not any("MUFU" in line for line in body[b[0]:b[1]])]
+    mask = max(unmasked, key=lambda b: b[1] - b[0], default=None)
+    skipped = set()
+    for first, end, predicated in branches:
+        if not predicated or (first, end, predicated) == mask or any("STSM" in line for line in body[first:end]):
+            skipped.update(range(first, end))
+    return [line for i, line in enumerate(body) if i not in skipped]
+
+
+def loop_report(compiled, short_paths: bool = False, block_paths: bool = False) -> dict:
     """Registers and stack per thread, the kernel's instructions in all, and per loop body (innermost first) the
     count of each instruction kind, and with short_paths (forward.py, dQ, dK/dV, decode) those on its short path
-    (_short_path: a block that skips the mask) too."""
+    (_short_path: a block that skips the mask) too, with block_paths (the Gluon kernels' key loops) those on an
+    unmasked block's path (_block_path)."""
     sass, usage = _disassemble(compiled)
     resources = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
     loops = []
@@ -230,12 +252,18 @@ def loop_report(compiled, short_paths: bool = False) -> dict:
     def kinds(lines):
         return dict(collections.Counter(m.group(1) for line in lines if (m := opcode.search(line))).most_common())
 
-    for body in _loop_bodies(sass):
+    bodies = _loop_bodies(sass)
+    mma_loops = [set(body) for body in bodies if any("HGMMA" in line for line in body)]
+    for body in bodies:
         every = kinds(body)
         loops.append(dict(instructions=sum(every.values()), kinds=every))
         if short_paths:
             short = kinds(_short_path(body, sass))
             loops[-1].update(short_path=sum(short.values()), short_kinds=short)
+        # a key loop: it issues warpgroup MMAs, and holds no other loop that does (as a tile loop holds its key loop)
+        if block_paths and "HGMMA" in every and not any(inner < set(body) for inner in mma_loops):
+            block = kinds(_block_path(body, sass))
+            loops[-1].update(block_path=sum(block.values()), block_kinds=block)
     loops.sort(key=lambda lp: lp["instructions"])
     total = sum(1 for line in sass.splitlines() if opcode.search(line))
     return dict(resources, instructions=total, loops=loops)
@@ -294,7 +322,7 @@ def main():
         compiled = compile_for_gpu(args.kernel, args.warps, args.stages, HEAD_DIM=args.head_dim,
                                    BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                                    CAUSAL=not args.full, TMA=not args.no_tma, **masks)
-    report = dict(loop_report(compiled, args.kernel in KERNELS),
+    report = dict(loop_report(compiled, args.kernel in KERNELS, args.kernel not in KERNELS),
                   exponentials_between_waits=exponentials_between_waits(compiled))
     if args.json:
         print(json.dumps(report, indent=1))
@@ -307,6 +335,9 @@ def main():
         spills = f"LDL {lp['kinds'].get('LDL', 0)}, STL {lp['kinds'].get('STL', 0)}"
         short = f", {lp['short_path']} on its short path" if lp.get("short_path", lp["instructions"]) < lp[
             "instructions"] else ""
+        if "block_path" in lp:
+            mufu = lp["block_kinds"].get("MUFU", 0)
+            short = f", {lp['block_path']} ({mufu} MUFU) on an unmasked block's path"
         print(f"  loop of {lp['instructions']} instructions{short} ({spills}): {top}")
 
 

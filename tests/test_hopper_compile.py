@@ -105,6 +105,12 @@ def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, sta
         # partitions' entry keeps on the stack where a masked block needs its key columns, and since the output
         # leaves by TMA (entry 28) also moves one tile-loop value through the stack once a block.
         assert kinds.get("STL", 0) <= 1 and kinds.get("LDL", 0) <= 2, kinds
+    # An unmasked block's path (sass_loops' _block_path) holds its own MUFU work only, not the epilogue's
+    # reciprocals: with softcap a tanh per score and three quarters of the exponentials, else the exponentials and
+    # two rows' rescale factors.
+    for lp in consumers[:2]:
+        assert lp["block_kinds"]["MUFU"] == (block_n // 2 * 7 // 4 if masks else block_n // 2 + 2), lp["block_kinds"]
+        assert lp["block_path"] < lp["instructions"] - (block_n // 2 if masks else 0)  # the mask's compares are off
     assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 

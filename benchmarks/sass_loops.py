@@ -239,11 +239,22 @@ def _block_path(body: list, sass: str) -> list:
     return [line for i, line in enumerate(body) if i not in skipped]
 
 
+def _groups_before_wait(path: list) -> int:
+    """The warpgroup MMA groups (each closed by a gsb0 commit) issued before the path's first MMA wait: 2 where a
+    key loop's two first matmuls run together, 1 where ptxas waits for the first before it issues the second."""
+    groups = 0
+    for line in path:
+        if "WARPGROUP.DEPBAR" in line:
+            break
+        groups += "HGMMA" in line and "gsb0" in line
+    return groups
+
+
 def loop_report(compiled, short_paths: bool = False, block_paths: bool = False) -> dict:
     """Registers and stack per thread, the kernel's instructions in all, and per loop body (innermost first) the
     count of each instruction kind, and with short_paths (forward.py, dQ, dK/dV, decode) those on its short path
     (_short_path: a block that skips the mask) too, with block_paths (the Gluon kernels' key loops) those on an
-    unmasked block's path (_block_path)."""
+    unmasked block's path (_block_path) and the MMA groups it issues before its first wait."""
     sass, usage = _disassemble(compiled)
     resources = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
     loops = []
@@ -262,8 +273,10 @@ def loop_report(compiled, short_paths: bool = False, block_paths: bool = False) 
             loops[-1].update(short_path=sum(short.values()), short_kinds=short)
         # a key loop: it issues warpgroup MMAs, and holds no other loop that does (as a tile loop holds its key loop)
         if block_paths and "HGMMA" in every and not any(inner < set(body) for inner in mma_loops):
-            block = kinds(_block_path(body, sass))
-            loops[-1].update(block_path=sum(block.values()), block_kinds=block)
+            path = _block_path(body, sass)
+            block = kinds(path)
+            loops[-1].update(block_path=sum(block.values()), block_kinds=block,
+                             groups_before_wait=_groups_before_wait(path))
     loops.sort(key=lambda lp: lp["instructions"])
     total = sum(1 for line in sass.splitlines() if opcode.search(line))
     return dict(resources, instructions=total, loops=loops)
@@ -337,7 +350,8 @@ def main():
             "instructions"] else ""
         if "block_path" in lp:
             mufu = lp["block_kinds"].get("MUFU", 0)
-            short = f", {lp['block_path']} ({mufu} MUFU) on an unmasked block's path"
+            short = (f", {lp['block_path']} ({mufu} MUFU, {lp['groups_before_wait']} MMA groups before a wait) on an "
+                     "unmasked block's path")
         print(f"  loop of {lp['instructions']} instructions{short} ({spills}): {top}")
 
 

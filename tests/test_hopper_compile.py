@@ -111,6 +111,7 @@ def test_gluon_forward_compiles_for_hopper_without_spills(head_dim, block_n, sta
     for lp in consumers[:2]:
         assert lp["block_kinds"]["MUFU"] == (block_n // 2 * 7 // 4 if masks else block_n // 2 + 2), lp["block_kinds"]
         assert lp["block_path"] < lp["instructions"] - (block_n // 2 if masks else 0)  # the mask's compares are off
+        assert lp["groups_before_wait"] == 2  # Q K^T and the previous block's P V issued together
     assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 
@@ -163,6 +164,7 @@ def test_gluon_dq_kernel_compiles_for_hopper_without_spills(head_dim, block_n, m
     for kinds in consumers:
         assert kinds["HGMMA"] == 2 * (head_dim // 16) + block_n // 16, kinds
         assert "STL" not in kinds and "LDL" not in kinds, kinds
+    assert [lp["groups_before_wait"] for lp in report["loops"] if "block_path" in lp] == [2] * 2  # S and dP together
     assert any(lp["kinds"].get("UTMALDG") for lp in report["loops"] if not lp["kinds"].get("HGMMA"))
 
 

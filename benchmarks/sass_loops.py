@@ -272,7 +272,8 @@ def loop_report(compiled, short_paths: bool = False, block_paths: bool = False) 
             short = kinds(_short_path(body, sass))
             loops[-1].update(short_path=sum(short.values()), short_kinds=short)
         # a key loop: it issues warpgroup MMAs, and holds no other loop that does (as a tile loop holds its key loop)
-        if block_paths and "HGMMA" in every and not any(inner < set(body) for inner in mma_loops):
+        lines = set(body)
+        if block_paths and "HGMMA" in every and not any(inner < lines for inner in mma_loops):
             path = _block_path(body, sass)
             block = kinds(path)
             loops[-1].update(block_path=sum(block.values()), block_kinds=block,

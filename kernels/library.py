@@ -69,10 +69,12 @@ class TritonAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, *pattern):
-        if torch.compiler.is_compiling():
+        # the Gluon kernels' descriptors of q, k and v, kept for the backward (ops._gluon_descriptors)
+        ctx.kept = None if torch.compiler.is_compiling() else {}
+        if ctx.kept is None:
             out, lse = _forward_op(q, k, v, *pattern)
         else:
-            out, lse = run_forward(q, k, v, Pattern(*pattern))
+            out, lse = run_forward(q, k, v, Pattern(*pattern), ctx.kept)
         ctx.save_for_backward(q, k, v, out, lse, *pattern[:5])
         ctx.scalars = pattern[5:]
         return out
@@ -86,5 +88,6 @@ class TritonAttention(torch.autograd.Function):
         if torch.compiler.is_compiling():
             dq, dk, dv = _backward_op(do, q, k, v, out, lse, *pattern)
         else:
-            dq, dk, dv = run_backward(q, k, v, out, lse, do, Pattern(*pattern))
+            kept, ctx.kept = ctx.kept, None  # released with the saved tensors (a second backward builds its own)
+            dq, dk, dv = run_backward(q, k, v, out, lse, do, Pattern(*pattern), kept)
         return (dq, dk, dv) + (None,) * len(pattern)

@@ -285,16 +285,26 @@ def _is_hopper(device: torch.device) -> bool:
     return has_tma(device) and torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def _gluon_descriptors(tensors: tuple, rows: tuple, columns: tuple = None):
+def _gluon_descriptors(tensors: tuple, rows: tuple, columns: tuple = None, kept: Optional[dict] = None):
     """Gluon descriptors reading (rows, columns) tiles of each (B, heads, seq, D) tensor (columns D unless given), or
-    None where a tensor's strides keep TMA from addressing it."""
-    strides = [_tma_strides(t) for t in tensors]
-    if None in strides:
-        return None
+    None where a tensor's strides keep TMA from addressing it. kept: descriptors built before for the same tensors
+    and tiles (by the tensor's identity: a kept descriptor holds its tensor, so no other takes that identity), which
+    it takes and adds to. A training call's three Gluon kernels read Q, K, V and dO in the same tiles five times of
+    fourteen, each descriptor some 3 us of host time on the CI machine's CPU (benchmarks/NOTES.md entry 49)."""
     columns = columns or [t.shape[3] for t in tensors]
     dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[tensors[0].dtype]
-    return [unchecked_gluon_descriptor(t, list(t.shape), st, [1, 1, n, d], shared_layout((1, 1, n, d), dtype))
-            for t, st, n, d in zip(tensors, strides, rows, columns)]
+    kept = {} if kept is None else kept
+    descriptors = []
+    for t, n, d in zip(tensors, rows, columns):
+        desc = kept.get((id(t), n, d))
+        if desc is None:
+            strides = _tma_strides(t)
+            if strides is None:
+                return None
+            desc = kept[id(t), n, d] = unchecked_gluon_descriptor(t, list(t.shape), strides, [1, 1, n, d],
+                                                                  shared_layout((1, 1, n, d), dtype))
+        descriptors.append(desc)
+    return descriptors
 
 
 def fixed_max_fits(softcap: Optional[float], dtype: torch.dtype) -> bool:
@@ -312,16 +322,18 @@ def fixed_max_fits(softcap: Optional[float], dtype: torch.dtype) -> bool:
             and softcap * LOG2E.value <= 92.0)
 
 
-def _run_forward_hopper(q, k, v, p: Pattern, out, lse):
-    """The Gluon forward, or False where a tensor's strides keep TMA from addressing it."""
+def _run_forward_hopper(q, k, v, p: Pattern, out, lse, kept: Optional[dict]):
+    """The Gluon forward, or False where a tensor's strides keep TMA from addressing it. kept: _gluon_descriptors',
+    which gains those of q, k and v (not out's: the autograd node that keeps them is out's own)."""
     B, H, SQ, D = q.shape
     SKV = k.shape[2]
     block_n, stages = HOPPER_FORWARD_TILES[D]
     rows = ROWS_PER_GROUP.value
-    columns = (D, D, D, min(D, OUT_COLUMNS.value))  # O in halves at head size 256 (hopper_forward.OUT_COLUMNS)
-    descriptors = _gluon_descriptors((q, k, v, out), (rows, block_n, block_n, rows), columns)
-    if descriptors is None:
+    inputs = _gluon_descriptors((q, k, v), (rows, block_n, block_n), kept=kept)
+    output = _gluon_descriptors((out,), (rows,), (min(D, OUT_COLUMNS.value),))  # O in halves at head size 256
+    if inputs is None or output is None:
         return False
+    descriptors = inputs + output
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), flags = \
         _pattern_args(p, q)
     group = H // k.shape[1]
@@ -431,15 +443,15 @@ def _run_delta(out, do, delta):
     _announce("attention_bwd_delta_kernel", BLOCK_M=block_m, warps=4)
 
 
-def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern, args) -> bool:
+def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern, args, kept: dict) -> bool:
     """The Gluon dQ kernel, writing Delta as well, or False where a tensor's strides keep TMA from addressing it.
-    args: _pattern_args(p, q)."""
+    args: _pattern_args(p, q); kept: _gluon_descriptors'."""
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     masked = p.kv_lo is not None or p.softcap is not None or p.documents is not None
     block_n, stages = masked and HOPPER_DQ_MASKED_TILES.get(D) or HOPPER_DQ_TILES[D]
     rows = ROWS_PER_GROUP.value
-    descriptors = _gluon_descriptors((q, k, v, do), (rows, block_n, block_n, rows))
+    descriptors = _gluon_descriptors((q, k, v, do), (rows, block_n, block_n, rows), kept=kept)
     if descriptors is None:
         return False
     (kv_lo, kv_hi, holes, key_keep, documents), (qk_scale, sm_scale, softcap, window, _, _), (s_keep, s_doc), \
@@ -456,15 +468,15 @@ def _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p: Pattern, args) -> bool:
     return True
 
 
-def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, dq_sum=None):
+def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, kept: dict, dq_sum=None):
     """The Gluon dK/dV kernel, or False where a tensor's strides keep TMA from addressing it. args:
-    _pattern_args(p, q); dq_sum: a zeroed (B, H, SQ, D) float32 buffer that it adds dQ to (Delta written before),
-    or None (dQ by backward.py)."""
+    _pattern_args(p, q); kept: _gluon_descriptors'; dq_sum: a zeroed (B, H, SQ, D) float32 buffer that it adds dQ to
+    (Delta written before), or None (dQ by backward.py)."""
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     block_m, stages = HOPPER_BACKWARD_TILES[D]
     keys, per_program = ROWS_PER_GROUP.value, keys_per_program(D)  # a K and V block: one group's keys
-    descriptors = _gluon_descriptors((q, k, v, do), (block_m, keys, keys, block_m))
+    descriptors = _gluon_descriptors((q, k, v, do), (block_m, keys, keys, block_m), kept=kept)
     if descriptors is None:
         return False
     (lse_desc, row_len), (delta_desc, _) = _row_descriptor(lse, block_m), _row_descriptor(delta, block_m)
@@ -484,14 +496,15 @@ def _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, dq_sum=None):
 
 
 @_on_tensor_device
-def run_forward(q, k, v, p: Pattern):
-    """q (B, H, SQ, D), k/v (B, HK, SKV, D) with unit stride on D. Returns out (B, H, SQ, D) and lse (B, H, SQ)."""
+def run_forward(q, k, v, p: Pattern, kept: Optional[dict] = None):
+    """q (B, H, SQ, D), k/v (B, HK, SKV, D) with unit stride on D. Returns out (B, H, SQ, D) and lse (B, H, SQ).
+    kept: a dict that keeps the Gluon forward's descriptors for run_backward of the same call."""
     B, H, SQ, D = q.shape
     SKV = k.shape[2]
     out = torch.empty(B, SQ, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
     if (HOPPER_FORWARD and HOPPER_FWD is not None and hopper_forward_fits(q, k, p) and hopper_forward_pays(D, SKV)
-            and _is_hopper(q.device) and _run_forward_hopper(q, k, v, p, out, lse)):
+            and _is_hopper(q.device) and _run_forward_hopper(q, k, v, p, out, lse, kept)):
         return out, lse
     block_d = head_block(D)
     tensors, scalars, (s_keep, s_doc), flags = _pattern_args(p, q)
@@ -586,8 +599,10 @@ def run_decode(q, k, v, p: Pattern):
 
 
 @_on_tensor_device
-def run_backward(q, k, v, out, lse, do, p: Pattern):
+def run_backward(q, k, v, out, lse, do, p: Pattern, kept: Optional[dict] = None):
+    """dQ, dK and dV of run_forward's call (out, lse) for the gradient do. kept: run_forward's, or None."""
     B, H, SQ, D = q.shape
+    kept = {} if kept is None else kept
     HK, SKV = k.shape[1], k.shape[2]
     block_d = head_block(D)
     fp32 = q.dtype == torch.float32
@@ -620,14 +635,14 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
              and hopper_backward_pays(D, SKV, p, B * H * SQ) and _is_hopper(q.device))
     gluon_dq = gluon and HOPPER_GLUON_DQ and D in HOPPER_DQ_TILES
     if (gluon and not gluon_dq and HOPPER_FUSED_DQ and D in HOPPER_FUSED_DQ_HEAD_SIZES and hopper_fused_dq_pays(SQ, p)
-            and _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p, args)):
+            and _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p, args, kept)):
         return dq, dk, dv
     tma, gqa, reach = has_tma(q.device), H > HK, key_reach(SKV, block_d, p.window, p.longest_document)
-    if not (gluon_dq and _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p, args)):
+    if not (gluon_dq and _run_dq_hopper(q, k, v, out, do, dq, lse, delta, p, args, kept)):
         cfg, used_tma = _fitting("dq", _choose("dq", dq_config(block_d, fp32, reach, tma, gqa), q, k, flags,
                                                launch_dq), launch_dq, q, flags)
         _announce("attention_bwd_dq_kernel", cfg, TMA=used_tma)
-    if gluon and _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args):
+    if gluon and _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, kept):
         return dq, dk, dv
     cfg, used_tma = _fitting("dkdv", _choose("dkdv", dkdv_config(block_d, fp32, reach, tma, gqa), q, k, flags,
                                              launch_dkdv), launch_dkdv, q, flags)
@@ -635,13 +650,13 @@ def run_backward(q, k, v, out, lse, do, p: Pattern):
     return dq, dk, dv
 
 
-def _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p: Pattern, args) -> bool:
+def _run_backward_hopper_fused(q, k, v, out, do, dq, dk, dv, lse, delta, p: Pattern, args, kept: dict) -> bool:
     """Delta, then the Gluon kernel writing dK, dV and dQ (summed in float32), or False where a tensor's strides
-    keep TMA from addressing it. args: _pattern_args(p, q)."""
+    keep TMA from addressing it. args: _pattern_args(p, q); kept: _gluon_descriptors'."""
     B, H, SQ, D = q.shape
     _run_delta(out, do, delta)
     dq_sum = torch.zeros(B, H, SQ, D, dtype=torch.float32, device=q.device)
-    if not _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, dq_sum):
+    if not _run_dkdv_hopper(q, k, v, do, dk, dv, lse, delta, args, kept, dq_sum):
         return False
     torch.mul(dq_sum, p.scale, out=dq)
     return True

@@ -188,20 +188,29 @@ def test_every_call_site_relaunches_with_all_parameters(monkeypatch):
         assert len(grid) == 3 and len(args) == len(fake.arg_names), name
 
 
+def _fake_launches(monkeypatch, *names):
+    """ops' launchers of these names launching _Kernel stand-ins (returned by name), as on a GPU, Hopper assumed."""
+    monkeypatch.setattr(launch, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream", lambda device: 0)
+    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
+    fakes = {}
+    for name in names:
+        launcher = getattr(ops, name)
+        fakes[name] = _Kernel(launcher.kernel.arg_names)
+        monkeypatch.setattr(launcher, "kernel", fakes[name])
+        monkeypatch.setattr(launcher, "direct", True)
+        monkeypatch.setattr(launcher, "compiled", {})
+    return fakes
+
+
 def test_the_gluon_forward_relaunches_with_all_parameters(monkeypatch):
     """As above for the Gluon forward's call site (switched on, Hopper assumed): the second call goes the direct
     way with every parameter of the kernel."""
     if ops.HOPPER_FWD is None:
         pytest.skip("this Triton has no Gluon Hopper language")
-    monkeypatch.setattr(launch, "current_device", lambda: 0)
-    monkeypatch.setattr(launch, "current_stream", lambda device: 0)
-    fake = _Kernel(ops.HOPPER_FWD.kernel.arg_names)
-    monkeypatch.setattr(ops.HOPPER_FWD, "kernel", fake)
-    monkeypatch.setattr(ops.HOPPER_FWD, "direct", True)
-    monkeypatch.setattr(ops.HOPPER_FWD, "compiled", {})
+    fake = _fake_launches(monkeypatch, "HOPPER_FWD")["HOPPER_FWD"]
     monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
     monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})  # the kernel at every key length
-    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     monkeypatch.setattr(ops, "_multiprocessors", lambda device: 132)
     q, k, v = (torch.randn(2, 4, 300, 128, dtype=torch.bfloat16) for _ in range(3))
     for _ in range(2):
@@ -217,19 +226,10 @@ def test_the_gluon_backward_relaunches_with_all_parameters(gluon_dq, monkeypatch
     other kernels of the backward stand-ins too."""
     if ops.HOPPER_DKDV is None:
         pytest.skip("this Triton has no Gluon Hopper language")
-    monkeypatch.setattr(launch, "current_device", lambda: 0)
-    monkeypatch.setattr(launch, "current_stream", lambda device: 0)
-    fakes = {}
-    for name in ("HOPPER_DQ", "HOPPER_DKDV") if gluon_dq else ("DQ", "HOPPER_DKDV"):
-        launcher = getattr(ops, name)
-        fakes[name] = _Kernel(launcher.kernel.arg_names)
-        monkeypatch.setattr(launcher, "kernel", fakes[name])
-        monkeypatch.setattr(launcher, "direct", True)
-        monkeypatch.setattr(launcher, "compiled", {})
+    fakes = _fake_launches(monkeypatch, *("HOPPER_DQ", "HOPPER_DKDV") if gluon_dq else ("DQ", "HOPPER_DKDV"))
     monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
     monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)
     monkeypatch.setattr(ops, "HOPPER_GLUON_DQ", gluon_dq)
-    monkeypatch.setattr(ops, "_is_hopper", lambda device: True)
     q, k, v, out, do = (torch.randn(2, 4, 300, 128, dtype=torch.bfloat16) for _ in range(5))
     lse = torch.randn(2, 4, 300)
     pattern = ops.Pattern(None, None, None, None, None, True, None, None, 0.125, 0.0, 0, None)
@@ -240,6 +240,31 @@ def test_the_gluon_backward_relaunches_with_all_parameters(gluon_dq, monkeypatch
         assert [entry[0] for entry in fake.log] == ["triton", "direct"], name
         _, grid, args, _ = fake.log[1]
         assert grids[name] in (None, tuple(grid)) and len(args) == len(fake.arg_names), name
+
+
+def test_a_training_call_builds_each_gluon_descriptor_once(monkeypatch):
+    """The Gluon forward's descriptors of Q, K and V go on to the dQ kernel, which reads them in the same tiles at
+    head size 128, and the dQ kernel's of Q and dO to the dK/dV kernel: the same objects, not rebuilt. The forward
+    keeps none of out (its autograd node would hold itself through it), and the node lets go of them in the
+    backward."""
+    if ops.HOPPER_DKDV is None:
+        pytest.skip("this Triton has no Gluon Hopper language")
+    fakes = _fake_launches(monkeypatch, "HOPPER_FWD", "HOPPER_DQ", "HOPPER_DKDV")
+    monkeypatch.setattr(ops, "HOPPER_FORWARD", True)
+    monkeypatch.setattr(ops, "HOPPER_FORWARD_MIN_KEYS", {})
+    monkeypatch.setattr(ops, "_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(ops, "HOPPER_BACKWARD", True)
+    monkeypatch.setattr(ops, "hopper_backward_pays", lambda *args: True)
+    monkeypatch.setattr(ops, "HOPPER_GLUON_DQ", True)
+    q, k, v = (torch.randn(2, 300, n, 128, dtype=torch.bfloat16).transpose(1, 2).requires_grad_() for n in (4, 2, 2))
+    out = attention(q, k, v, causal=True)
+    assert not any(d.base is out for d in out.grad_fn.kept.values())
+    out.backward(torch.randn_like(out))
+    assert out.grad_fn.kept is None
+    (_, _, forward, _), (_, _, dq, _), (_, _, dkdv, _) = (fakes[name].log[0] for name in fakes)
+    assert all(d.base is t for d, t in zip(forward, (q, k, v, out)))
+    assert all(a is b for a, b in zip(dq[:3], forward[:3])) and dkdv[0] is dq[0] and dkdv[3] is dq[3]  # Q and dO
+    assert dkdv[1].block_shape == [1, 1, 64, 128] and dkdv[1] is not dq[1]  # K in the dK/dV kernel's 64-key blocks
 
 
 @pytest.mark.gpu

@@ -8,7 +8,7 @@ import torch
 from ..errors import AttentionRefused
 from .config import DECODE_MAX_QUERIES, DECODE_MAX_ROWS, DECODE_MIN_KEYS, interpreting
 from .autocast import autocast_inputs
-from .library import TritonAttention, decode
+from .library import TritonAttention, decode, forward_only
 from .ops import Pattern
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -229,13 +229,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         _refuse(f"split_kv=True needs {lacks}.", "Leave split_kv=None to choose automatically.")
     if split_kv or (split_kv is None and not lacks and SKV >= DECODE_MIN_KEYS):
         return decode(q, k, v, pattern)
-    return TritonAttention.apply(q, k, v, *pattern)
+    if _wants_grad(q, k, v):
+        return TritonAttention.apply(q, k, v, *pattern)
+    return forward_only(q, k, v, pattern)
+
+
+def _wants_grad(q, k, v) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
 
 
 def _decode_lacks(q, k, v, dropout_p, documents) -> Optional[str]:
     """What the split-KV decode path would need that this input lacks; None when it can run it."""
     sq, group = q.shape[2], q.shape[1] // k.shape[1]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if _wants_grad(q, k, v):
         return "no gradient (it has no backward pass)"
     if sq > DECODE_MAX_QUERIES or sq * group > DECODE_MAX_ROWS:
         return f"q_len <= {DECODE_MAX_QUERIES} and q_len * GQA group <= {DECODE_MAX_ROWS}"

@@ -64,6 +64,15 @@ def decode(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern) -> Tensor:
     return run_decode(q, k, v, pattern)
 
 
+def forward_only(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern) -> Tensor:
+    """The forward pass where no gradient is wanted (inference, evaluation, a generate() prefill): called eagerly,
+    the launcher runs without the autograd Function, whose apply took a quarter to a third of such a call's host
+    time (on the CI machine's CPU with the launches stubbed: benchmarks/NOTES.md entry 49)."""
+    if torch.compiler.is_compiling():
+        return TritonAttention.apply(q, k, v, *pattern)
+    return run_forward(q, k, v, pattern)[0]
+
+
 class TritonAttention(torch.autograd.Function):
     """Forward and backward passes; the pattern comes flat (*Pattern) so that Dynamo can trace the call."""
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import DEVICE, HAS_GPU
 from hf_sdpa import AttentionRefused
-from hf_sdpa.kernels import attention, dropout_keep_mask, ops
+from hf_sdpa.kernels import attention, dropout_keep_mask, library, ops
 from hf_sdpa.kernels.config import LaunchConfig, interpreting
 from hf_sdpa.kernels.attention import documents_from_position_ids
 from reference import assert_within, attention_ref, pattern_mask
@@ -872,6 +872,24 @@ def test_decode_path_is_chosen_for_a_long_cache_without_gradients():
             attention(q, k, v, causal=True, split_kv=True)
     finally:
         ops.LAUNCH_HOOKS.clear()
+
+
+def test_a_call_without_gradients_runs_without_the_autograd_function(monkeypatch):
+    """Without a gradient to compute (no_grad, inference_mode, or no input that requires one) the forward runs
+    without TritonAttention (its apply's host time): the same output, against the reference; with one, through it."""
+    q, k, v = (torch.randn(2, n, 40, 32, device=DEVICE, dtype=torch.float16) for n in (4, 2, 2))
+    keep = pattern_mask(2, 40, 40, causal=True, device=DEVICE)
+    ref, low = attention_ref(q, k, v, keep), attention_ref(q, k, v, keep, dtype=q.dtype)
+    with_function = attention(q.requires_grad_(), k, v, causal=True)
+    assert with_function.grad_fn is not None
+    monkeypatch.setattr(library.TritonAttention, "apply", None)  # a call through it would fail
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            out = attention(q, k, v, causal=True)
+        assert_within(context.__name__, out, ref, low, q.dtype)
+        torch.testing.assert_close(out, with_function.detach(), rtol=0, atol=0)
+    q.requires_grad_(False)
+    assert attention(q, k, v, causal=True).grad_fn is None
 
 
 def test_decode_plans_its_launch_once_per_case_and_takes_the_rest_from_each_call(monkeypatch):

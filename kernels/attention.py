@@ -224,24 +224,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
                       softcap=None if softcap is None else float(softcap),
                       scale=scale, dropout_p=float(dropout_p), seed=int(seed or 0),
                       longest_document=None if documents is None else documents.longest)
-    lacks = _decode_lacks(q, k, v, dropout_p, documents)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    lacks = _decode_lacks(q, k, grad, dropout_p, documents)
     if split_kv and lacks:
         _refuse(f"split_kv=True needs {lacks}.", "Leave split_kv=None to choose automatically.")
     if split_kv or (split_kv is None and not lacks and SKV >= DECODE_MIN_KEYS):
         return decode(q, k, v, pattern)
-    if _wants_grad(q, k, v):
+    if grad:
         return TritonAttention.apply(q, k, v, *pattern)
     return forward_only(q, k, v, pattern)
 
 
-def _wants_grad(q, k, v) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-
-
-def _decode_lacks(q, k, v, dropout_p, documents) -> Optional[str]:
-    """What the split-KV decode path would need that this input lacks; None when it can run it."""
+def _decode_lacks(q, k, grad: bool, dropout_p, documents) -> Optional[str]:
+    """What the split-KV decode path would need that this input lacks; None when it can run it. grad: whether the
+    call wants a gradient."""
     sq, group = q.shape[2], q.shape[1] // k.shape[1]
-    if _wants_grad(q, k, v):
+    if grad:
         return "no gradient (it has no backward pass)"
     if sq > DECODE_MAX_QUERIES or sq * group > DECODE_MAX_ROWS:
         return f"q_len <= {DECODE_MAX_QUERIES} and q_len * GQA group <= {DECODE_MAX_ROWS}"
